@@ -1,0 +1,2 @@
+//! Backends, trials, metric sampling, statistics and the results schema.
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! Plots and the HTML report rendered from `results.json` files.
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! A small KVM virtual machine monitor that boots the isobench guest image.
+#![deny(missing_docs)]
