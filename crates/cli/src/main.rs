@@ -1,16 +1,61 @@
 //! `isobench`: measures what isolation costs for one Jupyter kernel.
+//!
+//! Command-line flags are parsed here and resolved by each subcommand's module into the
+//! configuration the libraries take, so the libraries never see command-line strings.
+
+mod compare;
+mod doctor;
+mod image;
+mod report;
+mod run;
+mod vm;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-/// Measures startup time, memory and throughput of a Jupyter kernel under several isolation
-/// backends.
+/// Measures startup time, memory and throughput of one Jupyter kernel under several isolation
+/// backends: a KVM microVM, a Docker container and a plain chroot process.
 #[derive(Parser)]
 #[command(name = "isobench", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Builds or inspects the guest image shared by every backend.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Checks what this host offers each backend and says what to do about what is missing.
+    Doctor(doctor::DoctorArgs),
+    /// Runs trials of one backend and prints phases, readiness and per-cell figures.
+    Run(run::RunArgs),
+    /// Runs trials across backends and writes `results.json` and the HTML report.
+    Compare(compare::CompareArgs),
+    /// Renders the HTML report from one or more `results.json` files.
+    Report(report::ReportArgs),
+    /// Boots the guest image in the microVM.
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+}
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Image(command) => image::main(command),
+        Command::Doctor(args) => doctor::main(args),
+        Command::Run(args) => run::main(args),
+        Command::Compare(args) => compare::main(args),
+        Command::Report(args) => report::main(args),
+        Command::Vm(command) => vm::main(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("isobench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

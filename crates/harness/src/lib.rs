@@ -1,2 +1,4 @@
 //! Backends, trials, metric sampling, statistics and the results schema.
 #![deny(missing_docs)]
+
+pub mod backend;
