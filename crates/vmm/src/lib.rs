@@ -1,2 +1,4 @@
 //! A small KVM virtual machine monitor that boots the isobench guest image.
 #![deny(missing_docs)]
+
+pub mod emulated;

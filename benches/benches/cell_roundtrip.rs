@@ -1,0 +1,3 @@
+//! Placeholder until this benchmark is written.
+
+fn main() {}
