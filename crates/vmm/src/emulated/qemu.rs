@@ -1,0 +1,321 @@
+//! Boots the emulated host in QEMU and supervises it until it powers off or times out.
+//!
+//! ```text
+//!   this process                         QEMU (TCG, -cpu max, -nic none)
+//!   ────────────                         ───────────────────────────────
+//!   write initramfs (base + run) ──────► -kernel vmlinuz -initrd initramfs.cpio
+//!   poll status file every 20 ms ◄────── virtserialport isobench.status (records)
+//!                                ◄────── virtserialport isobench.stdout / isobench.stderr
+//!                                ◄────── ttyS0 console (kernel log, init messages)
+//!   QEMU exits ◄──────────────────────── init: `reboot -f` with -no-reboot
+//! ```
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::status::{self, StatusEvent};
+use super::{
+    initramfs, io_error, EmulatedError, EmulatedHost, EmulatedOutput, EmulatedRun, EmulationTimings,
+};
+
+/// The QEMU system emulator, from Debian's `qemu-system-x86`.
+const QEMU: &str = "qemu-system-x86_64";
+/// Command line of the outer kernel. `panic=-1` turns a failing init into a reboot, which
+/// `-no-reboot` turns into QEMU's exit.
+const OUTER_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+/// Interval of polling QEMU and the status file.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Memory beyond the run's own for the outer kernel.
+const OUTER_KERNEL_MIB: u64 = 256;
+
+/// Checks that QEMU is installed.
+pub(super) fn check_installed() -> Result<(), EmulatedError> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(QEMU).is_file()));
+    if found {
+        Ok(())
+    } else {
+        Err(EmulatedError::ToolMissing {
+            tool: QEMU.to_owned(),
+            package: "qemu-system-x86",
+        })
+    }
+}
+
+/// A running QEMU, killed and reaped when dropped.
+struct QemuProcess {
+    child: Child,
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        // Killing an exited child fails harmlessly; `wait` then reaps it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Output files of one run, inside the run's scratch folder.
+struct RunFiles<'a> {
+    scratch: &'a Path,
+}
+
+impl RunFiles<'_> {
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.scratch.join(name)
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        fs::read(self.path(name)).unwrap_or_default()
+    }
+}
+
+pub(super) fn run(host: &EmulatedHost, run: &EmulatedRun) -> Result<EmulatedOutput, EmulatedError> {
+    initramfs::validate(run)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("isobench-emulated-")
+        .tempdir()
+        .map_err(io_error("cannot create a folder in", &std::env::temp_dir()))?;
+    let files = RunFiles {
+        scratch: scratch.path(),
+    };
+    let initrd = files.path("initramfs.cpio");
+    let initrd_bytes = initramfs::write(&host.base_initramfs, run, &initrd)?;
+
+    // The archive stays in memory until the kernel has unpacked it into its root filesystem,
+    // so both copies need room.
+    let memory_mib =
+        u64::from(run.memory_mib) + 2 * initrd_bytes.div_ceil(1 << 20) + OUTER_KERNEL_MIB;
+    let mut command = qemu_command(host, run, &files, &initrd, memory_mib);
+    let qemu_stderr = fs::File::create(files.path("qemu.stderr"))
+        .map_err(io_error("cannot create", &files.path("qemu.stderr")))?;
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(qemu_stderr);
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl, which is
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(set_parent_death_signal);
+    }
+
+    let start = Instant::now();
+    let child = command.spawn().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => EmulatedError::ToolMissing {
+            tool: QEMU.to_owned(),
+            package: "qemu-system-x86",
+        },
+        _ => EmulatedError::Io {
+            action: "cannot start",
+            path: QEMU.into(),
+            source,
+        },
+    })?;
+    let mut qemu = QemuProcess { child };
+    tracing::info!(
+        pid = qemu.child.id(),
+        vcpus = run.vcpus,
+        memory_mib,
+        "started the emulated host"
+    );
+
+    let mut timings = EmulationTimings::default();
+    let mut stamped = 0;
+    let exit = loop {
+        let events = status::parse_status(&String::from_utf8_lossy(&files.read("status")));
+        for event in &events[stamped..] {
+            let slot = match event {
+                StatusEvent::KvmReady => &mut timings.kvm_ready,
+                StatusEvent::CommandStarted => &mut timings.command_started,
+                StatusEvent::Exit(_) => &mut timings.command_exited,
+                StatusEvent::Error(_) => continue,
+            };
+            *slot = Some(start.elapsed());
+        }
+        stamped = events.len();
+        match qemu.child.try_wait() {
+            Ok(Some(exit)) => break exit,
+            Ok(None) => {}
+            Err(source) => {
+                return Err(EmulatedError::Io {
+                    action: "cannot wait for",
+                    path: QEMU.into(),
+                    source,
+                })
+            }
+        }
+        if start.elapsed() > run.timeout {
+            drop(qemu);
+            let events = collect_events(&files);
+            let partial = collect_output(&files, timings, None);
+            tracing::error!(timeout = ?run.timeout, console_tail = %tail(&partial.console), "the emulated run timed out");
+            return Err(EmulatedError::TimedOut {
+                timeout: run.timeout,
+                last_record: status::describe(events.last()),
+                partial: Box::new(partial),
+            });
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    };
+    timings.qemu_exited = Some(start.elapsed());
+    drop(qemu);
+
+    let events = collect_events(&files);
+    let exit_status = events.iter().find_map(|event| match event {
+        StatusEvent::Exit(code) => Some(*code),
+        _ => None,
+    });
+    let output = collect_output(&files, timings, exit_status);
+    tracing::info!(
+        ?timings,
+        ?exit_status,
+        "the emulated host stopped (emulation timings)"
+    );
+    if let Some(detail) = events.iter().find_map(|event| match event {
+        StatusEvent::Error(detail) => Some(detail),
+        _ => None,
+    }) {
+        tracing::error!(console_tail = %tail(&output.console), "the emulated host's init failed");
+        return Err(status::init_error(detail));
+    }
+    if exit_status.is_none() {
+        let qemu_stderr = String::from_utf8_lossy(&files.read("qemu.stderr")).into_owned();
+        let last_line = qemu_stderr
+            .lines()
+            .rev()
+            .find(|line| !line.trim().is_empty());
+        tracing::error!(console_tail = %tail(&output.console), "the emulated host stopped early");
+        return Err(EmulatedError::NoExitStatus {
+            qemu_status: format!(
+                "{exit}{}",
+                last_line
+                    .map(|line| format!(", {line}"))
+                    .unwrap_or_default()
+            ),
+            last_record: status::describe(events.last()),
+            partial: Box::new(output),
+        });
+    }
+    Ok(output)
+}
+
+/// Makes the kernel kill QEMU with SIGKILL when the thread that spawned it dies, so that QEMU
+/// does not outlive a caller killed without running the guard's Drop (for example by SIGKILL).
+fn set_parent_death_signal() -> std::io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn qemu_command(
+    host: &EmulatedHost,
+    run: &EmulatedRun,
+    files: &RunFiles,
+    initrd: &Path,
+    memory_mib: u64,
+) -> Command {
+    let mut command = Command::new(QEMU);
+    command
+        .args(["-accel", "tcg", "-cpu", "max", "-machine", "pc"])
+        .args([
+            "-m",
+            &format!("{memory_mib}M"),
+            "-smp",
+            &run.vcpus.to_string(),
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-nic", "none", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(&host.kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", OUTER_CMDLINE]);
+    command
+        .arg("-chardev")
+        .arg(format!(
+            "file,id=console,path={}",
+            escape_option(&files.path("console"))
+        ))
+        .args(["-serial", "chardev:console"]);
+    command.args(["-device", "virtio-serial-pci,id=ports"]);
+    for port in ["status", "stdout", "stderr"] {
+        command
+            .arg("-chardev")
+            .arg(format!(
+                "file,id={port},path={}",
+                escape_option(&files.path(port))
+            ))
+            .arg("-device")
+            .arg(format!(
+                "virtserialport,bus=ports.0,chardev={port},name=isobench.{port}"
+            ));
+    }
+    for (index, disk) in run.disks.iter().enumerate() {
+        let read_only = if disk.read_only { "on" } else { "off" };
+        command
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=disk{index},readonly={read_only}",
+                escape_option(&disk.source)
+            ))
+            .arg("-device")
+            .arg(format!(
+                "virtio-blk-pci,drive=disk{index},serial={}",
+                initramfs::disk_serial(index)
+            ));
+    }
+    command
+}
+
+/// Escapes a path for a QEMU option list, in which a comma is written twice.
+fn escape_option(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
+}
+
+fn collect_events(files: &RunFiles) -> Vec<StatusEvent> {
+    let mut events = status::parse_status(&String::from_utf8_lossy(&files.read("status")));
+    events.extend(status::parse_console(&files.read("console")));
+    events
+}
+
+fn collect_output(
+    files: &RunFiles,
+    timings: EmulationTimings,
+    exit_status: Option<i32>,
+) -> EmulatedOutput {
+    EmulatedOutput {
+        exit_status: exit_status.unwrap_or(-1),
+        stdout: files.read("stdout"),
+        stderr: files.read("stderr"),
+        console: files.read("console"),
+        emulation_timings: Some(timings),
+    }
+}
+
+/// Returns the last lines of `console` for a log message.
+fn tail(console: &[u8]) -> String {
+    let text = String::from_utf8_lossy(console);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_commas_doubled() {
+        assert_eq!(escape_option(Path::new("/tmp/a,b")), "/tmp/a,,b");
+    }
+}
