@@ -1,13 +1,15 @@
 #!/bin/sh
 # Builds the guest kernel: tinyconfig plus microvm.config, all built in.
 #
-# Usage: build.sh OUT_DIR WORK_DIR
-# Writes OUT_DIR/vmlinux, OUT_DIR/bzImage and OUT_DIR/config. WORK_DIR holds the source tree
-# and the build log; the caller removes it. Progress lines start with "step: ".
+# Usage: build.sh OUT_DIR WORK_DIR LOG_FILE
+# Writes OUT_DIR/vmlinux, OUT_DIR/bzImage and OUT_DIR/config. WORK_DIR holds the source tree;
+# the caller removes it. Tool output goes to LOG_FILE, progress lines starting with "step: "
+# to standard output and one-line errors starting with "error: " to standard error.
 set -eu
 
 out=$1
 work=$2
+log=$3
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/recipe.env"
 
@@ -24,8 +26,7 @@ for tool in make gcc flex bison bc; do
     fi
 done
 
-mkdir -p "$out" "$work"
-log=$work/build.log
+mkdir -p "$out" "$work" "$(dirname "$log")"
 src=$work/linux
 
 echo "step: unpacking $LINUX_SOURCE_TARBALL"

@@ -1,12 +1,234 @@
-//! `isobench image`.
+//! `isobench image`: builds the guest image and reports what the cache holds.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use isobench_harness::image::{
+    self, ArtifactSet, BuildProgress, Cache, DockerImageState, ImageError, ImportOutcome,
+    RecipeHashes, SetOutcome,
+};
 
 /// Subcommands of `isobench image`.
 #[derive(clap::Subcommand)]
-pub enum ImageCommand {}
+pub enum ImageCommand {
+    /// Builds whatever the cache lacks: the guest kernel, the root filesystem and its Docker
+    /// image. With nothing changed it only checks the cache and returns within seconds.
+    Build(BuildArgs),
+    /// Shows the artifacts, their sizes, the recipe hashes and whether Docker has the image.
+    Status(StatusArgs),
+}
+
+/// Flags of `isobench image build`.
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// Skips importing `rootfs.tar` into the Docker engine.
+    #[arg(long)]
+    no_docker: bool,
+}
+
+/// Flags of `isobench image status`.
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Prints the status as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Skips asking the Docker engine whether it has the image.
+    #[arg(long)]
+    no_docker: bool,
+}
 
 /// Runs `isobench image`.
 pub fn main(command: ImageCommand) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        ImageCommand::Build(args) => build(args),
+        ImageCommand::Status(args) => status(args),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime failed")
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let cache = Cache::from_env()?;
+    let progress = TerminalProgress::new();
+    let summary = image::build(&cache, &progress)?;
+    progress.clear();
+
+    let paths = &summary.paths;
+    println!(
+        "guest kernel     {}  {}",
+        describe(&summary.kernel),
+        paths.vmlinux.display()
+    );
+    println!(
+        "root filesystem  {}  {}",
+        describe(&summary.rootfs),
+        paths.rootfs_ext4.display()
+    );
+
+    if !args.no_docker {
+        let spinner = progress.spinner(format!("importing rootfs.tar as {}", paths.docker_tag));
+        let imported = runtime()?.block_on(image::import_docker_image(paths));
+        spinner.finish_and_clear();
+        match imported? {
+            ImportOutcome::Present => println!("docker image     present  {}", paths.docker_tag),
+            ImportOutcome::Imported { seconds } => {
+                println!(
+                    "docker image     imported in {seconds:.1} s  {}",
+                    paths.docker_tag
+                )
+            }
+        }
+    }
+    println!("image id         {}", paths.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(outcome: &SetOutcome) -> String {
+    match outcome {
+        SetOutcome::Reused => "cached".to_string(),
+        SetOutcome::Built { seconds } => format!("built in {seconds:.0} s"),
+    }
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let cache = Cache::from_env()?;
+    let hashes = RecipeHashes::embedded();
+    let mut status = image::status(&cache, &hashes);
+    if !args.no_docker {
+        status.docker_image =
+            Some(runtime()?.block_on(image::docker_image_state(&status.docker_tag)));
+    }
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!("cache     {}", status.cache_dir.display());
+        println!("image id  {}", status.image_id);
+        for set in &status.sets {
+            let state = if set.complete {
+                "complete"
+            } else {
+                "not built"
+            };
+            println!(
+                "{:<9} {}  {state}  {}",
+                set.set,
+                set.hash,
+                set.dir.display()
+            );
+            for artifact in &set.artifacts {
+                let size = artifact
+                    .size_bytes
+                    .map(|bytes| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0)))
+                    .unwrap_or_else(|| "-".to_string());
+                println!("  {:<14} {size:>10}", artifact.name);
+            }
+        }
+        for dir in &status.unfinished_builds {
+            println!("unfinished build (not complete) {}", dir.display());
+        }
+        let docker = match &status.docker_image {
+            None => "not checked".to_string(),
+            Some(DockerImageState::Present) => "present".to_string(),
+            Some(DockerImageState::Missing) => "missing: run `isobench image build`".to_string(),
+            Some(DockerImageState::EngineUnreachable { message }) => message.clone(),
+        };
+        println!("docker    {}  {docker}", status.docker_tag);
+        if !status.complete {
+            println!("run `isobench image build` to build what is missing");
+        }
+    }
+    Ok(if status.complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One spinner per artifact set, updated from the build threads. When standard error is not a
+/// terminal (CI logs), each step is printed as a line instead.
+struct TerminalProgress {
+    bars: MultiProgress,
+    spinners: Mutex<Vec<(ArtifactSet, ProgressBar)>>,
+    plain: bool,
+}
+
+impl TerminalProgress {
+    fn new() -> TerminalProgress {
+        TerminalProgress {
+            bars: MultiProgress::new(),
+            spinners: Mutex::new(Vec::new()),
+            plain: !std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn print(&self, set: ArtifactSet, message: &str) {
+        if self.plain {
+            eprintln!("{:<6} {message}", set.name());
+        }
+    }
+
+    fn spinner(&self, message: String) -> ProgressBar {
+        let spinner = self.bars.add(ProgressBar::new_spinner());
+        spinner.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix:<6} {msg}")
+                .expect("the template is valid"),
+        );
+        spinner.enable_steady_tick(Duration::from_millis(200));
+        spinner.set_message(message);
+        spinner
+    }
+
+    fn with_spinner(&self, set: ArtifactSet, action: impl FnOnce(&ProgressBar)) {
+        let spinners = self
+            .spinners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, spinner)) = spinners.iter().find(|(owner, _)| *owner == set) {
+            action(spinner);
+        }
+    }
+
+    fn clear(&self) {
+        self.bars.clear().ok();
+    }
+}
+
+impl BuildProgress for TerminalProgress {
+    fn started(&self, set: ArtifactSet, hash: &str) {
+        self.print(set, &format!("building {hash}"));
+        let spinner = self.spinner(format!("building {hash}"));
+        spinner.set_prefix(set.name());
+        self.spinners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((set, spinner));
+    }
+
+    fn step(&self, set: ArtifactSet, message: &str) {
+        self.print(set, message);
+        self.with_spinner(set, |spinner| spinner.set_message(message.to_string()));
+    }
+
+    fn finished(&self, set: ArtifactSet, outcome: &SetOutcome) {
+        self.print(set, &format!("done: {}", describe(outcome)));
+        self.with_spinner(set, |spinner| {
+            spinner.finish_with_message(format!("done: {}", describe(outcome)))
+        });
+    }
+
+    fn failed(&self, set: ArtifactSet, error: &ImageError) {
+        self.with_spinner(set, |spinner| {
+            spinner.abandon_with_message(format!("failed: {error}"))
+        });
+    }
 }

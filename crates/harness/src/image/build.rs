@@ -1,0 +1,577 @@
+//! Building the artifact sets: preflight checks, the recipe scripts as child processes, and the
+//! rename that makes a finished set visible.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Instant, SystemTime};
+
+use tracing::{debug, info, warn};
+
+use crate::backend::GuestImagePaths;
+use crate::image::cache::{Cache, Manifest, MANIFEST_FILE, TEMPORARY_PREFIX, WORK_PREFIX};
+use crate::image::recipe::{ArtifactSet, RecipeFile, RecipeHashes};
+use crate::image::ImageError;
+
+/// Programs each artifact set's build runs, checked before it starts.
+pub const BUILD_TOOLS: &[(ArtifactSet, &[&str])] = &[
+    (
+        ArtifactSet::Kernel,
+        &[
+            "sh",
+            "tar",
+            "xz",
+            "make",
+            "gcc",
+            "flex",
+            "bison",
+            "bc",
+            "dpkg-query",
+        ],
+    ),
+    (
+        ArtifactSet::Rootfs,
+        &["sh", "tar", "gcc", "mmdebstrap", "mkfs.ext4", "chroot"],
+    ),
+];
+
+/// Free space a build needs in the cache's file system, in MiB. Estimates from builds of these
+/// recipes: the kernel source tree and objects take about 1.6 GiB, the root filesystem tree,
+/// tar and disk image about 1.3 GiB.
+fn required_mib(set: ArtifactSet) -> u64 {
+    match set {
+        ArtifactSet::Kernel => 3 * 1024,
+        ArtifactSet::Rootfs => 2 * 1024,
+    }
+}
+
+/// Below this many MiB free after a failed build, the failure is reported as a full disk.
+const LOW_SPACE_MIB: u64 = 256;
+
+/// Receives the progress of a build; called from one thread per artifact set.
+pub trait BuildProgress: Sync {
+    /// A set's build starts.
+    fn started(&self, set: ArtifactSet, hash: &str);
+    /// A set's build reached a new step, described by `message`.
+    fn step(&self, set: ArtifactSet, message: &str);
+    /// A set is complete, built now or found in the cache.
+    fn finished(&self, set: ArtifactSet, outcome: &SetOutcome);
+    /// A set's build failed.
+    fn failed(&self, set: ArtifactSet, error: &ImageError);
+}
+
+/// How an artifact set became complete.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SetOutcome {
+    /// It was already in the cache.
+    Reused,
+    /// It was built now, taking this many seconds of wall time.
+    Built {
+        /// Wall time of the build, in seconds.
+        seconds: f64,
+    },
+}
+
+/// Result of [`build`].
+#[derive(Debug, Clone)]
+pub struct BuildSummary {
+    /// Paths of the complete guest image.
+    pub paths: GuestImagePaths,
+    /// How the guest kernel became complete.
+    pub kernel: SetOutcome,
+    /// How the root filesystem became complete.
+    pub rootfs: SetOutcome,
+}
+
+/// Builds every artifact set of the embedded recipes that the cache lacks, and returns the
+/// paths of the complete guest image. Sets already in the cache are left alone, so a second
+/// call with nothing changed only checks the cache.
+pub fn build(cache: &Cache, progress: &dyn BuildProgress) -> Result<BuildSummary, ImageError> {
+    let hashes = RecipeHashes::embedded();
+    let missing: Vec<ArtifactSet> = ArtifactSet::ALL
+        .into_iter()
+        .filter(|set| !cache.is_complete(*set, hashes.of_set(*set)))
+        .collect();
+
+    if !missing.is_empty() {
+        preflight(cache, &missing)?;
+        remove_stale_builds(cache);
+    }
+
+    let outcomes: Vec<Result<SetOutcome, ImageError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ArtifactSet::ALL
+            .into_iter()
+            .map(|set| {
+                let needed = missing.contains(&set);
+                let hash = hashes.of_set(set).to_string();
+                scope.spawn(move || {
+                    if !needed {
+                        progress.finished(set, &SetOutcome::Reused);
+                        return Ok(SetOutcome::Reused);
+                    }
+                    progress.started(set, &hash);
+                    let result = build_set(cache, set, &hash, set.recipe(), progress);
+                    match &result {
+                        Ok(outcome) => progress.finished(set, outcome),
+                        Err(error) => progress.failed(set, error),
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("a build thread panicked"))
+            .collect()
+    });
+
+    let mut outcomes = outcomes.into_iter();
+    let kernel = outcomes.next().expect("one outcome per set")?;
+    let rootfs = outcomes.next().expect("one outcome per set")?;
+    Ok(BuildSummary {
+        paths: cache.locate(&hashes)?,
+        kernel,
+        rootfs,
+    })
+}
+
+/// Checks root, tools and free space before anything is written.
+fn preflight(cache: &Cache, missing: &[ArtifactSet]) -> Result<(), ImageError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(ImageError::NotRoot);
+    }
+    for (set, tools) in BUILD_TOOLS {
+        if !missing.contains(set) {
+            continue;
+        }
+        for program in *tools {
+            if find_program(program).is_none() {
+                return Err(ImageError::ToolMissing {
+                    program,
+                    set: set.name(),
+                });
+            }
+        }
+    }
+
+    let root = cache.root();
+    std::fs::create_dir_all(root).map_err(ImageError::io("creating", root))?;
+    let required: u64 = missing.iter().map(|set| required_mib(*set)).sum();
+    let available = available_mib(root).map_err(ImageError::io("checking free space of", root))?;
+    if available < required {
+        return Err(ImageError::NoSpace {
+            set: missing[0].name(),
+            dir: root.to_path_buf(),
+            available_mib: available,
+            required_mib: required,
+        });
+    }
+    Ok(())
+}
+
+/// Finds `program` in the folders of `PATH`, as a shell would.
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|metadata| metadata.is_file() && metadata.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Free space for unprivileged and root writers alike in the file system of `path`, in MiB.
+pub(crate) fn available_mib(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stats` points to writable memory of the
+    // size statvfs expects.
+    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded, so it filled every field of `stats`.
+    let stats = unsafe { stats.assume_init() };
+    Ok(stats.f_bavail * stats.f_frsize / (1024 * 1024))
+}
+
+/// Removes the folders of builds whose process is gone: an interrupted build leaves its
+/// temporary and scratch folders behind, named with its process id.
+fn remove_stale_builds(cache: &Cache) {
+    for dir in cache.unfinished_builds() {
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let Some(pid) = name
+            .rsplit('-')
+            .next()
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        info!(dir = %dir.display(), "removing the folder of an interrupted build");
+        if let Err(error) = std::fs::remove_dir_all(&dir) {
+            warn!(dir = %dir.display(), %error, "cannot remove the folder of an interrupted build");
+        }
+    }
+}
+
+/// Removes a build's temporary and scratch folders when dropped, on every exit path.
+struct BuildFolders {
+    temporary: PathBuf,
+    work: PathBuf,
+}
+
+impl Drop for BuildFolders {
+    fn drop(&mut self) {
+        for dir in [&self.temporary, &self.work] {
+            if dir.exists() {
+                if let Err(error) = std::fs::remove_dir_all(dir) {
+                    warn!(dir = %dir.display(), %error, "cannot remove a build folder");
+                }
+            }
+        }
+    }
+}
+
+/// Builds one artifact set from `recipe` into its cache folder.
+fn build_set(
+    cache: &Cache,
+    set: ArtifactSet,
+    hash: &str,
+    recipe: &[RecipeFile],
+    progress: &dyn BuildProgress,
+) -> Result<SetOutcome, ImageError> {
+    let started = Instant::now();
+    let pid = std::process::id();
+    let folders = BuildFolders {
+        temporary: cache
+            .root()
+            .join(format!("{TEMPORARY_PREFIX}{}-{hash}-{pid}", set.name())),
+        work: cache
+            .root()
+            .join(format!("{WORK_PREFIX}{}-{hash}-{pid}", set.name())),
+    };
+    let recipe_dir = folders.work.join("recipe");
+    write_recipe(&recipe_dir, recipe)?;
+    let log = cache.log_path(set, hash);
+    if let Some(logs) = log.parent() {
+        std::fs::create_dir_all(logs).map_err(ImageError::io("creating", logs))?;
+    }
+
+    run_script(
+        set,
+        &recipe_dir.join(set.build_script()),
+        &[&folders.temporary, &folders.work.join("scratch"), &log],
+        &log,
+        cache.root(),
+        progress,
+    )?;
+
+    for artifact in set.artifacts() {
+        if !folders.temporary.join(artifact).exists() {
+            return Err(ImageError::BuildFailed {
+                set: set.name(),
+                message: format!("the build script finished without writing {artifact}"),
+                log,
+            });
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    write_manifest(&folders.temporary, set, hash, recipe, seconds)?;
+
+    let final_dir = cache.set_dir(set, hash);
+    if final_dir.exists() {
+        // Another build of the same recipe finished first; its result is identical.
+        debug!(dir = %final_dir.display(), "artifact set appeared during the build");
+    } else {
+        std::fs::rename(&folders.temporary, &final_dir)
+            .map_err(ImageError::io("renaming", &folders.temporary))?;
+    }
+    Ok(SetOutcome::Built { seconds })
+}
+
+/// Writes the embedded recipe files under `dir`, scripts executable.
+fn write_recipe(dir: &Path, recipe: &[RecipeFile]) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    for file in recipe {
+        let path = dir.join(file.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(ImageError::io("creating", parent))?;
+        }
+        std::fs::write(&path, file.contents).map_err(ImageError::io("writing", &path))?;
+        if file.path.ends_with(".sh") {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(ImageError::io("setting permissions of", &path))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_manifest(
+    dir: &Path,
+    set: ArtifactSet,
+    hash: &str,
+    recipe: &[RecipeFile],
+    seconds: f64,
+) -> Result<(), ImageError> {
+    let manifest = Manifest {
+        set: set.name().to_string(),
+        hash: hash.to_string(),
+        recipe_files: recipe.iter().map(|file| file.path.to_string()).collect(),
+        built_at_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs())
+            .unwrap_or(0),
+        build_seconds: seconds,
+    };
+    let path = dir.join(MANIFEST_FILE);
+    let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
+    std::fs::write(&path, text + "\n").map_err(ImageError::io("writing", &path))
+}
+
+/// Runs a build script, forwarding its `step:` lines to `progress` and turning a failure into
+/// one line: the script's last `error:` line, or a full disk when `cache_root` is nearly full.
+fn run_script(
+    set: ArtifactSet,
+    script: &Path,
+    args: &[&Path],
+    log: &Path,
+    cache_root: &Path,
+    progress: &dyn BuildProgress,
+) -> Result<(), ImageError> {
+    let failed = |message: String| ImageError::BuildFailed {
+        set: set.name(),
+        message,
+        log: log.to_path_buf(),
+    };
+    debug!(script = %script.display(), ?args, "running a build script");
+    let mut child = Command::new("sh")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| failed(format!("cannot start sh {}: {error}", script.display())))?;
+
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let last_error = std::thread::scope(|scope| {
+        let errors = scope.spawn(move || {
+            let mut last_error = None;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(message) = line.strip_prefix("error: ") {
+                    last_error = Some(message.to_string());
+                }
+            }
+            last_error
+        });
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(step) = line.strip_prefix("step: ") {
+                progress.step(set, step);
+            }
+        }
+        errors.join().unwrap_or(None)
+    });
+    let status = child
+        .wait()
+        .map_err(|error| failed(format!("cannot wait for sh {}: {error}", script.display())))?;
+    if status.success() {
+        return Ok(());
+    }
+
+    if let Ok(available) = available_mib(cache_root) {
+        if available < LOW_SPACE_MIB {
+            return Err(ImageError::NoSpace {
+                set: set.name(),
+                dir: cache_root.to_path_buf(),
+                available_mib: available,
+                required_mib: required_mib(set),
+            });
+        }
+    }
+    Err(failed(last_error.unwrap_or_else(|| {
+        format!("{} exited with {status}", set.build_script())
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records progress calls as text.
+    #[derive(Default)]
+    struct Recorder {
+        events: Mutex<Vec<String>>,
+    }
+
+    impl BuildProgress for Recorder {
+        fn started(&self, set: ArtifactSet, _hash: &str) {
+            self.events
+                .lock()
+                .unwrap()
+                .push(format!("{} started", set.name()));
+        }
+        fn step(&self, set: ArtifactSet, message: &str) {
+            self.events
+                .lock()
+                .unwrap()
+                .push(format!("{} step {message}", set.name()));
+        }
+        fn finished(&self, set: ArtifactSet, _outcome: &SetOutcome) {
+            self.events
+                .lock()
+                .unwrap()
+                .push(format!("{} finished", set.name()));
+        }
+        fn failed(&self, set: ArtifactSet, _error: &ImageError) {
+            self.events
+                .lock()
+                .unwrap()
+                .push(format!("{} failed", set.name()));
+        }
+    }
+
+    fn script(text: &'static str) -> Vec<RecipeFile> {
+        vec![RecipeFile {
+            path: "kernel/build.sh",
+            contents: text.as_bytes(),
+        }]
+    }
+
+    const WRITES_KERNEL: &str = r#"
+        set -eu
+        mkdir -p "$1"
+        echo "step: writing"
+        echo log line >>"$3"
+        for name in vmlinux bzImage config; do echo "$name" >"$1/$name"; done
+    "#;
+
+    #[test]
+    fn finished_build_is_renamed() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path());
+        let recorder = Recorder::default();
+        let recipe = script(WRITES_KERNEL);
+
+        let outcome = build_set(&cache, ArtifactSet::Kernel, "h1", &recipe, &recorder).unwrap();
+        assert!(matches!(outcome, SetOutcome::Built { .. }));
+        assert!(cache.is_complete(ArtifactSet::Kernel, "h1"));
+        assert!(cache.unfinished_builds().is_empty());
+        let manifest = Manifest::read(&cache.set_dir(ArtifactSet::Kernel, "h1")).unwrap();
+        assert_eq!(manifest.hash, "h1");
+        assert_eq!(manifest.recipe_files, vec!["kernel/build.sh".to_string()]);
+        let log = std::fs::read_to_string(cache.log_path(ArtifactSet::Kernel, "h1")).unwrap();
+        assert_eq!(log, "log line\n");
+        let events = recorder.events.lock().unwrap();
+        assert_eq!(events.as_slice(), ["kernel step writing"]);
+    }
+
+    #[test]
+    fn failed_build_leaves_nothing() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path());
+        let recipe = script(
+            r#"
+            mkdir -p "$1"; echo partial >"$1/vmlinux"
+            echo "error: the source package is missing: run scripts/setup-host" >&2
+            exit 3
+            "#,
+        );
+        let error = build_set(
+            &cache,
+            ArtifactSet::Kernel,
+            "h2",
+            &recipe,
+            &Recorder::default(),
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("the source package is missing"), "{text}");
+        assert!(text.contains("kernel-h2.log"), "{text}");
+        assert!(!cache.is_complete(ArtifactSet::Kernel, "h2"));
+        assert!(!cache.set_dir(ArtifactSet::Kernel, "h2").exists());
+        assert!(cache.unfinished_builds().is_empty());
+    }
+
+    #[test]
+    fn killed_script_leaves_nothing() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path());
+        // The script writes part of its artifacts, then dies as `kill -9` during an export.
+        let recipe = script(
+            r#"
+            mkdir -p "$1"; echo partial >"$1/vmlinux"; echo partial >"$1/bzImage"
+            echo "step: exporting"
+            kill -9 $$
+            "#,
+        );
+        let error = build_set(
+            &cache,
+            ArtifactSet::Kernel,
+            "h3",
+            &recipe,
+            &Recorder::default(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("signal: 9"), "{error}");
+        assert!(!cache.is_complete(ArtifactSet::Kernel, "h3"));
+        assert!(cache.unfinished_builds().is_empty());
+    }
+
+    #[test]
+    fn missing_artifact_fails_build() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path());
+        let recipe = script(r#"mkdir -p "$1"; echo x >"$1/vmlinux""#);
+        let error = build_set(
+            &cache,
+            ArtifactSet::Kernel,
+            "h4",
+            &recipe,
+            &Recorder::default(),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("without writing bzImage"),
+            "{error}"
+        );
+        assert!(!cache.is_complete(ArtifactSet::Kernel, "h4"));
+    }
+
+    #[test]
+    fn stale_build_is_removed() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path());
+        // Pid 0 is never a process of ours, so its folder is stale; our own is live.
+        let stale = temporary.path().join(".tmp-kernel-h5-0");
+        let live = temporary
+            .path()
+            .join(format!(".work-kernel-h5-{}", std::process::id()));
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::create_dir_all(&live).unwrap();
+        remove_stale_builds(&cache);
+        assert!(!stale.exists());
+        assert!(live.exists());
+    }
+
+    #[test]
+    fn find_program_searches_path() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("isobench-no-such-program").is_none());
+    }
+}
