@@ -1,0 +1,693 @@
+//! Figures of a run: per backend medians with bootstrap intervals, latency percentiles,
+//! paired ratios to the `process` baseline, and notes where two backends cannot be ranked.
+//!
+//! Only measured trials count: warm-ups, failed and interrupted trials are counted but left
+//! out of every figure. Trials of an emulated host are summarised like the others but never
+//! paired with a trial on the host itself.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendKind;
+use crate::results::{
+    CellMetric, ExecutionHost, MemoryRecord, Results, TrialOutcome, TrialRecord, TrialStage,
+};
+use crate::stats::{paired_ratios, Bootstrap, Estimate, Percentiles};
+
+/// Name of the baseline every ratio divides by.
+pub const BASELINE: &str = "process";
+
+/// Figures that are compared pair by pair between backends.
+const COMPARED_FIGURES: [&str; 3] = ["launch_to_ready", "host_delta", "cell:trivial"];
+
+/// Summary of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Bootstrap settings behind every interval.
+    pub bootstrap: Bootstrap,
+    /// One entry per backend, in run order.
+    pub backends: Vec<BackendSummary>,
+    /// Pairwise comparisons between backends that ran on the host itself.
+    pub comparisons: Vec<Comparison>,
+}
+
+/// Figures of one backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendSummary {
+    /// Backend name.
+    pub backend: String,
+    /// Backend mechanism.
+    pub kind: BackendKind,
+    /// Execution host of its instances.
+    pub execution_host: ExecutionHost,
+    /// Trials that were not warm-ups.
+    pub trials: usize,
+    /// Of those, trials that completed and count in the figures.
+    pub completed: usize,
+    /// Trials that failed, with their causes.
+    pub failures: Vec<FailureSummary>,
+    /// Trials interrupted by Ctrl-C.
+    pub interrupted: usize,
+    /// Figures, each under its own name (see [`Figure::name`]).
+    pub figures: Vec<Figure>,
+    /// Median duration of each startup phase, in phase order, in seconds.
+    pub phases: Vec<PhaseSummary>,
+    /// Latency and throughput of each cell.
+    pub cells: Vec<CellSummary>,
+    /// Answers of observation cells, such as the kernel release seen inside.
+    pub observations: Vec<Observation>,
+}
+
+/// A failed trial in a summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureSummary {
+    /// Round of the trial.
+    pub round: u32,
+    /// Step that failed.
+    pub stage: TrialStage,
+    /// Cause.
+    pub cause: String,
+}
+
+/// One figure of a backend: the median over trials with its interval, and its ratio to the
+/// baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Figure {
+    /// Name: `launch_to_ready`, `host_delta`, `host_pss`, `vmm_overhead`,
+    /// `cgroup_working_set`, `cgroup_usage`, `guest_view_total`, `guest_view_used`, each
+    /// memory figure with the suffix `_after_suite` for the second sample, `cell:NAME` for the
+    /// per-trial median latency of a latency cell, and `throughput:NAME` for a throughput cell.
+    pub name: String,
+    /// Unit of the values: `s`, `bytes` or `MB/s`.
+    pub unit: String,
+    /// Median over trials and its interval.
+    pub estimate: Estimate,
+    /// Median of the paired ratios to the baseline with its interval; `None` for the baseline
+    /// itself, for an emulated host and where no pair exists.
+    pub ratio_to_baseline: Option<Estimate>,
+}
+
+/// Median duration of one startup phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSummary {
+    /// Phase name.
+    pub name: String,
+    /// Median of the phase's duration over trials, in seconds.
+    pub estimate: Estimate,
+}
+
+/// Latency figures of one cell over every repetition of every measured trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellSummary {
+    /// Cell name.
+    pub name: String,
+    /// Metric of the cell.
+    pub metric: CellMetric,
+    /// Percentiles over all repetitions, pooled across trials, in seconds.
+    pub latency: Option<Percentiles>,
+    /// Every repetition's latency, pooled across trials, sorted, in seconds; kept for the
+    /// distribution plot.
+    pub latencies_s: Vec<f64>,
+    /// Median throughput over trials, in MB/s (10^6 bytes per second), for throughput cells.
+    pub throughput_mb_s: Option<Estimate>,
+}
+
+/// Distinct answers of an observation cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// Cell name.
+    pub name: String,
+    /// Distinct answers in the order first seen.
+    pub answers: Vec<String>,
+}
+
+/// A paired comparison of two backends on one figure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// Figure name.
+    pub figure: String,
+    /// Numerator backend.
+    pub backend: String,
+    /// Denominator backend.
+    pub other: String,
+    /// Median of the per-round ratios `backend / other` with its interval.
+    pub ratio: Estimate,
+    /// Whether the interval excludes 1, so the two can be ranked on this figure.
+    pub ranked: bool,
+    /// The comparison in words.
+    pub note: String,
+}
+
+impl RunSummary {
+    /// Summarises a run.
+    pub fn of(results: &Results, bootstrap: &Bootstrap) -> RunSummary {
+        let names = results.backend_names();
+        let per_backend: Vec<(String, Vec<&TrialRecord>)> = names
+            .iter()
+            .map(|name| {
+                let trials = results
+                    .trials
+                    .iter()
+                    .filter(|t| &t.backend == name)
+                    .collect();
+                (name.clone(), trials)
+            })
+            .collect();
+
+        let per_round: BTreeMap<&str, RoundTable> = per_backend
+            .iter()
+            .map(|(name, trials)| {
+                (
+                    name.as_str(),
+                    per_round_values(trials, results.run.config.trials),
+                )
+            })
+            .collect();
+        let baseline = per_round.get(BASELINE);
+
+        let mut backends = Vec::new();
+        for (name, trials) in &per_backend {
+            let mut summary = summarise_backend(name, trials, bootstrap);
+            let direct = summary.execution_host == ExecutionHost::Direct;
+            if let (Some(baseline), true, false) = (baseline, direct, name == BASELINE) {
+                for figure in &mut summary.figures {
+                    let own = per_round[name.as_str()].get(&figure.name);
+                    let base = baseline.get(&figure.name);
+                    if let (Some(own), Some(base)) = (own, base) {
+                        figure.ratio_to_baseline =
+                            Estimate::of(&paired_ratios(own, base), bootstrap);
+                    }
+                }
+            }
+            backends.push(summary);
+        }
+
+        let comparisons = compare_pairs(&backends, &per_round, bootstrap);
+        RunSummary {
+            bootstrap: *bootstrap,
+            backends,
+            comparisons,
+        }
+    }
+
+    /// Returns the summary of the named backend.
+    pub fn backend(&self, name: &str) -> Option<&BackendSummary> {
+        self.backends.iter().find(|summary| summary.backend == name)
+    }
+
+    /// Writes the figures as CSV: one row per backend and figure, with the interval, extremes,
+    /// count and ratio to the baseline; cell rows add p50, p95 and p99.
+    pub fn to_csv(&self) -> String {
+        let mut csv = String::from(
+            "backend,execution_host,figure,unit,median,ci_low,ci_high,min,max,count,\
+             ratio_to_process,ratio_ci_low,ratio_ci_high,p50,p95,p99\n",
+        );
+        for backend in &self.backends {
+            let host = match backend.execution_host {
+                ExecutionHost::Direct => "direct",
+                ExecutionHost::Emulated => "emulated",
+            };
+            for figure in &backend.figures {
+                let estimate = &figure.estimate;
+                let ratio = figure.ratio_to_baseline.as_ref();
+                let cell = figure
+                    .name
+                    .strip_prefix("cell:")
+                    .and_then(|cell| backend.cells.iter().find(|c| c.name == cell))
+                    .and_then(|cell| cell.latency.as_ref());
+                let fields = [
+                    csv_field(&backend.backend),
+                    host.to_owned(),
+                    csv_field(&figure.name),
+                    figure.unit.clone(),
+                    number(estimate.median),
+                    number(estimate.ci_low),
+                    number(estimate.ci_high),
+                    number(estimate.min),
+                    number(estimate.max),
+                    estimate.count.to_string(),
+                    ratio.map(|r| number(r.median)).unwrap_or_default(),
+                    ratio.map(|r| number(r.ci_low)).unwrap_or_default(),
+                    ratio.map(|r| number(r.ci_high)).unwrap_or_default(),
+                    cell.map(|p| number(p.p50)).unwrap_or_default(),
+                    cell.map(|p| number(p.p95)).unwrap_or_default(),
+                    cell.map(|p| number(p.p99)).unwrap_or_default(),
+                ];
+                csv.push_str(&fields.join(","));
+                csv.push('\n');
+            }
+        }
+        csv
+    }
+}
+
+impl BackendSummary {
+    /// Returns the named figure.
+    pub fn figure(&self, name: &str) -> Option<&Figure> {
+        self.figures.iter().find(|figure| figure.name == name)
+    }
+
+    /// Returns the named cell.
+    pub fn cell(&self, name: &str) -> Option<&CellSummary> {
+        self.cells.iter().find(|cell| cell.name == name)
+    }
+}
+
+/// Values of each figure of one measured trial.
+fn trial_values(trial: &TrialRecord) -> Vec<(String, f64)> {
+    let mut values = Vec::new();
+    if let Some(ready) = trial.launch_to_ready_s {
+        values.push(("launch_to_ready".to_owned(), ready));
+    }
+    for (memory, suffix) in [
+        (&trial.memory_idle, ""),
+        (&trial.memory_after_suite, "_after_suite"),
+    ] {
+        if let Some(memory) = memory {
+            for (name, value) in memory_values(memory) {
+                values.push((format!("{name}{suffix}"), value));
+            }
+        }
+    }
+    for cell in &trial.cells {
+        match cell.metric {
+            CellMetric::Latency => {
+                if let Some(median) = crate::stats::median(&cell.latencies_s) {
+                    values.push((format!("cell:{}", cell.name), median));
+                }
+            }
+            CellMetric::Throughput => {
+                if let Some(throughput) = throughput_mb_s(cell) {
+                    values.push((format!("throughput:{}", cell.name), throughput));
+                }
+            }
+            CellMetric::Observation => {}
+        }
+    }
+    values
+}
+
+fn memory_values(memory: &MemoryRecord) -> Vec<(&'static str, f64)> {
+    let sample = &memory.sample;
+    let mut values = Vec::new();
+    let mut push = |name, value: Option<f64>| {
+        if let Some(value) = value {
+            values.push((name, value));
+        }
+    };
+    push(
+        "host_delta",
+        memory.host_delta_bytes.map(|bytes| bytes as f64),
+    );
+    push("host_pss", sample.host_pss_bytes.map(|bytes| bytes as f64));
+    push(
+        "vmm_overhead",
+        sample.vmm_overhead_bytes.map(|bytes| bytes as f64),
+    );
+    push(
+        "cgroup_working_set",
+        sample.cgroup_working_set_bytes.map(|bytes| bytes as f64),
+    );
+    push(
+        "cgroup_usage",
+        sample.cgroup_usage_bytes.map(|bytes| bytes as f64),
+    );
+    push(
+        "guest_view_total",
+        sample.guest_view.map(|view| view.mem_total_bytes as f64),
+    );
+    push(
+        "guest_view_used",
+        sample.guest_view.map(|view| {
+            view.mem_total_bytes
+                .saturating_sub(view.mem_available_bytes) as f64
+        }),
+    );
+    values
+}
+
+/// Median throughput of a cell's repetitions in one trial, in MB/s.
+fn throughput_mb_s(cell: &crate::results::CellRecord) -> Option<f64> {
+    let bytes = cell.bytes_per_repetition? as f64;
+    let rates: Vec<f64> = cell
+        .latencies_s
+        .iter()
+        .filter(|latency| **latency > 0.0)
+        .map(|latency| bytes / latency / 1e6)
+        .collect();
+    crate::stats::median(&rates)
+}
+
+fn unit_of(figure: &str) -> &'static str {
+    if figure == "launch_to_ready" || figure.starts_with("cell:") {
+        "s"
+    } else if figure.starts_with("throughput:") {
+        "MB/s"
+    } else {
+        "bytes"
+    }
+}
+
+/// Each figure's values indexed by round.
+type RoundTable = BTreeMap<String, Vec<Option<f64>>>;
+
+/// Each figure's value per measured round, `None` where the round's trial did not complete.
+fn per_round_values(trials: &[&TrialRecord], rounds: u32) -> RoundTable {
+    let mut table = RoundTable::new();
+    let rounds = trials
+        .iter()
+        .filter(|trial| !trial.warmup)
+        .map(|trial| trial.round + 1)
+        .max()
+        .unwrap_or(0)
+        .max(rounds) as usize;
+    for trial in trials.iter().filter(|trial| trial.is_measured()) {
+        for (name, value) in trial_values(trial) {
+            let column = table.entry(name).or_insert_with(|| vec![None; rounds]);
+            if let Some(slot) = column.get_mut(trial.round as usize) {
+                *slot = Some(value);
+            }
+        }
+    }
+    table
+}
+
+fn summarise_backend(name: &str, trials: &[&TrialRecord], bootstrap: &Bootstrap) -> BackendSummary {
+    let measured: Vec<&TrialRecord> = trials.iter().copied().filter(|t| t.is_measured()).collect();
+    let first = trials.first();
+    let mut summary = BackendSummary {
+        backend: name.to_owned(),
+        kind: first.map(|t| t.kind).unwrap_or(BackendKind::Process),
+        execution_host: first.map(|t| t.execution_host).unwrap_or_default(),
+        trials: trials.iter().filter(|t| !t.warmup).count(),
+        completed: measured.len(),
+        failures: Vec::new(),
+        interrupted: 0,
+        figures: Vec::new(),
+        phases: Vec::new(),
+        cells: Vec::new(),
+        observations: Vec::new(),
+    };
+    for trial in trials.iter().filter(|t| !t.warmup) {
+        match &trial.outcome {
+            TrialOutcome::Completed => {}
+            TrialOutcome::Failed { stage, cause, .. } => summary.failures.push(FailureSummary {
+                round: trial.round,
+                stage: *stage,
+                cause: cause.clone(),
+            }),
+            TrialOutcome::Interrupted { .. } => summary.interrupted += 1,
+        }
+    }
+
+    // Figures, in the order they first appear.
+    let mut columns: Vec<(String, Vec<f64>)> = Vec::new();
+    for trial in &measured {
+        for (figure, value) in trial_values(trial) {
+            match columns.iter_mut().find(|(name, _)| *name == figure) {
+                Some((_, values)) => values.push(value),
+                None => columns.push((figure, vec![value])),
+            }
+        }
+    }
+    summary.figures = columns
+        .into_iter()
+        .filter_map(|(figure, values)| {
+            Some(Figure {
+                unit: unit_of(&figure).to_owned(),
+                estimate: Estimate::of(&values, bootstrap)?,
+                name: figure,
+                ratio_to_baseline: None,
+            })
+        })
+        .collect();
+
+    // Phases, in the order of the first trial that has them.
+    let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
+    for trial in &measured {
+        for phase in &trial.phases {
+            match phases.iter_mut().find(|(name, _)| *name == phase.name) {
+                Some((_, durations)) => durations.push(phase.duration_s()),
+                None => phases.push((phase.name.clone(), vec![phase.duration_s()])),
+            }
+        }
+    }
+    summary.phases = phases
+        .into_iter()
+        .filter_map(|(name, durations)| {
+            Some(PhaseSummary {
+                name,
+                estimate: Estimate::of(&durations, bootstrap)?,
+            })
+        })
+        .collect();
+
+    // Cells: pooled latencies and per-trial throughput.
+    let mut cells: Vec<(String, CellMetric, Vec<f64>, Vec<f64>)> = Vec::new();
+    for trial in &measured {
+        for cell in &trial.cells {
+            let index = match cells.iter().position(|(name, ..)| *name == cell.name) {
+                Some(index) => index,
+                None => {
+                    cells.push((cell.name.clone(), cell.metric, Vec::new(), Vec::new()));
+                    cells.len() - 1
+                }
+            };
+            let entry = &mut cells[index];
+            entry.2.extend(&cell.latencies_s);
+            if let Some(throughput) = throughput_mb_s(cell) {
+                entry.3.push(throughput);
+            }
+            if cell.metric == CellMetric::Observation {
+                if let Some(answer) = &cell.answer {
+                    match summary
+                        .observations
+                        .iter_mut()
+                        .find(|o| o.name == cell.name)
+                    {
+                        Some(observation) if observation.answers.contains(answer) => {}
+                        Some(observation) => observation.answers.push(answer.clone()),
+                        None => summary.observations.push(Observation {
+                            name: cell.name.clone(),
+                            answers: vec![answer.clone()],
+                        }),
+                    }
+                }
+            }
+        }
+    }
+    summary.cells = cells
+        .into_iter()
+        .map(|(name, metric, mut latencies, throughputs)| {
+            latencies.sort_by(f64::total_cmp);
+            CellSummary {
+                name,
+                metric,
+                latency: Percentiles::of(&latencies),
+                latencies_s: latencies,
+                throughput_mb_s: Estimate::of(&throughputs, bootstrap),
+            }
+        })
+        .collect();
+    summary
+}
+
+fn compare_pairs(
+    backends: &[BackendSummary],
+    per_round: &BTreeMap<&str, RoundTable>,
+    bootstrap: &Bootstrap,
+) -> Vec<Comparison> {
+    let direct: Vec<&BackendSummary> = backends
+        .iter()
+        .filter(|b| b.execution_host == ExecutionHost::Direct)
+        .collect();
+    let mut comparisons = Vec::new();
+    for (index, backend) in direct.iter().enumerate() {
+        for other in &direct[index + 1..] {
+            for figure in COMPARED_FIGURES {
+                let own = per_round[backend.backend.as_str()].get(figure);
+                let theirs = per_round[other.backend.as_str()].get(figure);
+                let (Some(own), Some(theirs)) = (own, theirs) else {
+                    continue;
+                };
+                let Some(ratio) = Estimate::of(&paired_ratios(own, theirs), bootstrap) else {
+                    continue;
+                };
+                let ranked = !ratio.interval_contains(1.0);
+                let percent = (bootstrap.confidence * 100.0).round();
+                let note = if ranked {
+                    let relation = if ratio.median > 1.0 {
+                        "higher"
+                    } else {
+                        "lower"
+                    };
+                    format!(
+                        "{figure}: {} is {relation} than {} (paired ratio {:.3}, {percent}% \
+                         interval {:.3} to {:.3}, {} pairs)",
+                        backend.backend,
+                        other.backend,
+                        ratio.median,
+                        ratio.ci_low,
+                        ratio.ci_high,
+                        ratio.count
+                    )
+                } else {
+                    format!(
+                        "{figure}: {} and {} cannot be ranked: the {percent}% interval of the \
+                         paired ratio, {:.3} to {:.3} over {} pairs, contains 1",
+                        backend.backend, other.backend, ratio.ci_low, ratio.ci_high, ratio.count
+                    )
+                };
+                comparisons.push(Comparison {
+                    figure: figure.to_owned(),
+                    backend: backend.backend.clone(),
+                    other: other.backend.clone(),
+                    ratio,
+                    ranked,
+                    note,
+                });
+            }
+        }
+    }
+    comparisons
+}
+
+fn number(value: f64) -> String {
+    format!("{value:.9}")
+        .trim_end_matches('0')
+        .trim_end_matches('.')
+        .to_owned()
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::fixture;
+
+    fn summary() -> RunSummary {
+        RunSummary::of(&fixture::results(8), &Bootstrap::default())
+    }
+
+    #[test]
+    fn failed_trial_is_counted_with_cause() {
+        let summary = summary();
+        let docker = summary.backend("docker").unwrap();
+        assert_eq!(docker.trials, 9);
+        assert_eq!(docker.completed, 8);
+        assert_eq!(docker.failures.len(), 1);
+        assert!(docker.failures[0].cause.contains("before ready"));
+    }
+
+    #[test]
+    fn ratio_to_baseline_pairs_rounds() {
+        // The fixture scales docker's launch_to_ready by 1.6 of process's minus the round term:
+        // ready = 0.5 * scale + 0.01 * round, so the ratio lies between 1.5 and 1.6.
+        let summary = summary();
+        let ratio = summary
+            .backend("docker")
+            .unwrap()
+            .figure("launch_to_ready")
+            .unwrap()
+            .ratio_to_baseline
+            .unwrap();
+        assert!(
+            (1.5..=1.6).contains(&ratio.median),
+            "ratio {}",
+            ratio.median
+        );
+        assert_eq!(ratio.count, 8);
+    }
+
+    #[test]
+    fn baseline_has_no_ratio() {
+        let summary = summary();
+        let process = summary.backend("process").unwrap();
+        assert!(process
+            .figures
+            .iter()
+            .all(|figure| figure.ratio_to_baseline.is_none()));
+    }
+
+    #[test]
+    fn emulated_backend_gets_no_ratio() {
+        let mut results = fixture::results(4);
+        for trial in results.trials.iter_mut().filter(|t| t.backend == "docker") {
+            trial.execution_host = ExecutionHost::Emulated;
+        }
+        let summary = RunSummary::of(&results, &Bootstrap::default());
+        let docker = summary.backend("docker").unwrap();
+        assert!(docker
+            .figures
+            .iter()
+            .all(|figure| figure.ratio_to_baseline.is_none()));
+        assert!(summary.comparisons.is_empty());
+    }
+
+    #[test]
+    fn distinct_backends_are_ranked() {
+        let summary = summary();
+        let comparison = summary
+            .comparisons
+            .iter()
+            .find(|c| c.figure == "launch_to_ready")
+            .unwrap();
+        assert!(comparison.ranked, "{}", comparison.note);
+    }
+
+    #[test]
+    fn equal_backends_are_not_ranked() {
+        let mut results = fixture::results(8);
+        for trial in results.trials.iter_mut().filter(|t| t.backend == "docker") {
+            let twin = fixture::trial("docker", BackendKind::Docker, trial.round, 1.0);
+            trial.launch_to_ready_s = twin.launch_to_ready_s.map(|ready| {
+                // Alternate 2% above and below the baseline so the ratio straddles 1.
+                if trial.round % 2 == 0 {
+                    ready * 1.02
+                } else {
+                    ready * 0.98
+                }
+            });
+        }
+        let summary = RunSummary::of(&results, &Bootstrap::default());
+        let comparison = summary
+            .comparisons
+            .iter()
+            .find(|c| c.figure == "launch_to_ready")
+            .unwrap();
+        assert!(!comparison.ranked, "{}", comparison.note);
+        assert!(comparison.note.contains("cannot be ranked"));
+    }
+
+    #[test]
+    fn cell_percentiles_pool_repetitions() {
+        let summary = summary();
+        let trivial = summary.backend("process").unwrap().cell("trivial").unwrap();
+        assert_eq!(trivial.latency.unwrap().count, 8 * 20);
+    }
+
+    #[test]
+    fn csv_has_header_and_one_row_per_figure() {
+        let summary = summary();
+        let csv = summary.to_csv();
+        let rows = csv.lines().count() - 1;
+        let figures: usize = summary.backends.iter().map(|b| b.figures.len()).sum();
+        assert_eq!(rows, figures);
+        assert!(csv.starts_with("backend,execution_host,figure,unit,median"));
+        assert!(csv.contains("docker,direct,launch_to_ready,s,"));
+    }
+
+    #[test]
+    fn csv_quotes_commas() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("plain"), "plain");
+    }
+}
