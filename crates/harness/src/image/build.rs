@@ -171,7 +171,7 @@ fn preflight(cache: &Cache, missing: &[ArtifactSet]) -> Result<(), ImageError> {
 }
 
 /// Finds `program` in the folders of `PATH`, as a shell would.
-pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
+pub fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))

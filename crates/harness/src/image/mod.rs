@@ -15,7 +15,7 @@ mod status;
 
 use std::path::PathBuf;
 
-pub use build::{build, BuildProgress, BuildSummary, SetOutcome, BUILD_TOOLS};
+pub use build::{build, find_program, BuildProgress, BuildSummary, SetOutcome, BUILD_TOOLS};
 pub use cache::{locate, Cache, Manifest, CACHE_DIR_ENV, MANIFEST_FILE};
 pub use docker::{docker_image_state, import_docker_image, DockerImageState, ImportOutcome};
 pub use recipe::{
