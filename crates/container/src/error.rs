@@ -90,6 +90,132 @@ pub enum ContainerError {
         #[source]
         source: bollard::errors::Error,
     },
+
+    /// A run id that cannot be part of a Docker object name.
+    #[error(
+        "invalid run id {run_id:?}: expected at most 64 letters, digits, '_', '.' or '-', \
+         starting with a letter or digit"
+    )]
+    InvalidRunId {
+        /// The rejected run id.
+        run_id: String,
+    },
+
+    /// A container or network of that name exists and is not this run's.
+    #[error(
+        "a {kind} named {name} already exists and belongs to another run or was started \
+         already; remove it (docker rm -f / docker network rm) or use another run id"
+    )]
+    NameClash {
+        /// `container` or `network`.
+        kind: &'static str,
+        /// The clashing name.
+        name: String,
+    },
+
+    /// Every candidate subnet overlaps a host route, a host interface or a Docker network.
+    #[error(
+        "no free /{prefix_len} subnet in {pool}: every candidate overlaps a host route, \
+         interface or Docker network; remove unused Docker networks (docker network prune)"
+    )]
+    NoFreeSubnet {
+        /// Pool searched.
+        pool: crate::subnet::Ipv4Subnet,
+        /// Prefix length of each candidate.
+        prefix_len: u8,
+    },
+
+    /// The host's routes or interface addresses could not be read.
+    #[error("cannot read the host's IPv4 routes or interface addresses")]
+    HostNetwork {
+        /// The I/O failure.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The network named in the launch configuration does not exist.
+    #[error("Docker network {network} not found; create it with Engine::create_network first")]
+    NetworkMissing {
+        /// The missing network.
+        network: String,
+    },
+
+    /// The CPU limit is zero.
+    #[error("invalid CPU limit {vcpus}: expected at least 1 CPU")]
+    InvalidCpuLimit {
+        /// The rejected count.
+        vcpus: u32,
+    },
+
+    /// The memory limit is below the engine's minimum.
+    #[error("memory limit {memory_mib} MiB is below the Docker engine's minimum of {min_mib} MiB")]
+    MemoryLimitTooSmall {
+        /// The rejected limit.
+        memory_mib: u32,
+        /// The engine's minimum.
+        min_mib: u32,
+    },
+
+    /// The daemon has no OCI runtime of that name.
+    #[error(
+        "unknown OCI runtime {runtime:?}: the Docker engine has {}; install it and add it to \
+         the daemon's runtimes, or choose one of those",
+        available.join(", ")
+    )]
+    UnknownRuntime {
+        /// The requested runtime.
+        runtime: String,
+        /// Runtimes the daemon reports.
+        available: Vec<String>,
+    },
+
+    /// The started container has no address on the run's network.
+    #[error("container {container} has no IPv4 address on network {network}")]
+    AddressMissing {
+        /// The container's name.
+        container: String,
+        /// The network it should be on.
+        network: String,
+    },
+
+    /// The container still runs where an exit was expected.
+    #[error("container {container} is still running")]
+    StillRunning {
+        /// The container's name.
+        container: String,
+    },
+
+    /// The engine reported no host PID for the container's first process, so its cgroup and
+    /// processes cannot be found; the container is not running.
+    #[error("container {container} has no host PID: it is not running")]
+    NoInitPid {
+        /// The container's name.
+        container: String,
+    },
+
+    /// No memory cgroup was found for the container's process.
+    #[error("no memory cgroup found for PID {pid} in /proc/{pid}/cgroup and /proc/self/mountinfo")]
+    CgroupNotFound {
+        /// The container's first process.
+        pid: u32,
+    },
+
+    /// A cgroup file has a format the driver does not know.
+    #[error("unexpected contents in {}: expected cgroup v1 or v2 memory figures", path.display())]
+    CgroupFormat {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A file under `/proc` or `/sys/fs/cgroup` could not be read.
+    #[error("cannot read {}", path.display())]
+    Proc {
+        /// The file.
+        path: PathBuf,
+        /// The I/O failure.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ContainerError {

@@ -22,7 +22,7 @@ use jupyter_protocol::{
     KernelInfoRequest, MediaType, ReplyStatus, ShutdownRequest, Stdio,
 };
 use jupyter_zmq_client::{
-    ClientControlConnection, ClientIoPubConnection, ClientShellConnection, RuntimeError,
+    ClientControlConnection, ClientIoPubConnection, ClientShellConnection, RawMessage, RuntimeError,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
@@ -286,11 +286,10 @@ impl ControlHandle {
     pub async fn interrupt(&self) -> Result<(), ClientError> {
         let request = JupyterMessage::new(InterruptRequest {}, None);
         let reply = self.request(request, "interrupt_request").await?;
-        match reply.content {
-            JupyterMessageContent::InterruptReply(reply) if reply.status == ReplyStatus::Ok => {
-                Ok(())
-            }
-            _ => Err(ClientError::Rejected {
+        // ipykernel 6.17 echoes the request's empty content as the reply, without `status`.
+        match reply.get("status").and_then(|status| status.as_str()) {
+            None | Some("ok") => Ok(()),
+            Some(_) => Err(ClientError::Rejected {
                 msg_type: "interrupt_request",
             }),
         }
@@ -303,11 +302,18 @@ impl ControlHandle {
         self.request(request, "shutdown_request").await.map(|_| ())
     }
 
+    /// Sends a request and returns the content of the reply whose parent is that request.
+    ///
+    /// Replies are read one layer below `Connection::read`, which verifies the signature
+    /// and then fails on replies whose content lacks a field the protocol crate requires, as
+    /// ipykernel 6.17's `interrupt_reply` does. Here only the headers are decoded.
     async fn request(
         &self,
         request: JupyterMessage,
         msg_type: &'static str,
-    ) -> Result<JupyterMessage, ClientError> {
+    ) -> Result<serde_json::Value, ClientError> {
+        use zeromq::SocketRecv as _;
+
         let request = with_username(request);
         let msg_id = request.header.msg_id.clone();
         let mut control = self.control.lock().await;
@@ -319,14 +325,21 @@ impl ControlHandle {
                 msg_type,
                 source,
             })?;
+        let control = &mut *control;
         let wait_reply = async {
             loop {
-                let message = control
-                    .read()
-                    .await
+                let frames =
+                    control.socket.recv().await.map_err(|source| {
+                        receive_error("control", RuntimeError::ZmqError(source))
+                    })?;
+                let raw = RawMessage::from_multipart(frames, &control.mac)
                     .map_err(|source| receive_error("control", source))?;
-                if is_child_of(&message, &msg_id) {
-                    return Ok(message);
+                let parent: serde_json::Value =
+                    serde_json::from_slice(&raw.jparts[1]).unwrap_or_default();
+                if parent.get("msg_id").and_then(|id| id.as_str()) == Some(msg_id.as_str()) {
+                    return serde_json::from_slice(&raw.jparts[3]).map_err(|source| {
+                        receive_error("control", RuntimeError::SerdeError(source))
+                    });
                 }
             }
         };
@@ -377,13 +390,14 @@ impl KernelClient {
         .await;
         let iopub = connect_result("iopub", info, info.ports.iopub, started, iopub)?;
 
-        let identity = jupyter_zmq_client::peer_identity_for_session(&session_id).map_err(
-            |source| ClientError::Connect {
-                channel: "shell",
-                address: address(info, info.ports.shell),
-                source,
-            },
-        )?;
+        let identity =
+            jupyter_zmq_client::peer_identity_for_session(&session_id).map_err(|source| {
+                ClientError::Connect {
+                    channel: "shell",
+                    address: address(info, info.ports.shell),
+                    source,
+                }
+            })?;
         let shell = tokio::time::timeout_at(
             connect_deadline,
             jupyter_zmq_client::create_client_shell_connection_with_identity(
@@ -695,9 +709,13 @@ fn is_child_of(message: &JupyterMessage, msg_id: &str) -> bool {
         .is_some_and(|parent| parent.msg_id == msg_id)
 }
 
-fn receive_error(channel: &'static str, source: RuntimeError) -> ClientError {
+/// Maps a receive failure to the client's error. A signature that is not lower-case hex fails
+/// to decode and one that does not match fails to verify: both are bad signatures.
+pub(crate) fn receive_error(channel: &'static str, source: RuntimeError) -> ClientError {
     match source {
-        RuntimeError::VerifyError(_) => ClientError::BadSignature { channel },
+        RuntimeError::VerifyError(_) | RuntimeError::DecodeError(_) | RuntimeError::MissingHmac => {
+            ClientError::BadSignature { channel }
+        }
         source => ClientError::Receive { channel, source },
     }
 }

@@ -75,7 +75,13 @@ impl ChannelPorts {
     /// Returns the ports in the order of the guest entrypoint's `ISOBENCH_PORTS`:
     /// shell, iopub, stdin, control, heartbeat.
     pub fn as_array(&self) -> [u16; 5] {
-        [self.shell, self.iopub, self.stdin, self.control, self.heartbeat]
+        [
+            self.shell,
+            self.iopub,
+            self.stdin,
+            self.control,
+            self.heartbeat,
+        ]
     }
 
     /// Formats the ports as `ISOBENCH_PORTS` and `isobench.ports=` expect: `S,I,N,C,H`.
@@ -285,26 +291,25 @@ mod tests {
     fn generated_key_is_lower_hex() {
         let key = generate_key().unwrap();
         assert_eq!(key.len(), 2 * KEY_BYTES);
-        assert!(key.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')));
+        assert!(key
+            .bytes()
+            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')));
         assert_ne!(key, generate_key().unwrap(), "two keys should differ");
     }
 
     #[test]
     fn connection_file_round_trips() {
-        let info = ConnectionInfo::generate(Ipv4Addr::LOCALHOST, ChannelPorts::GUEST_DEFAULT)
-            .unwrap();
+        let info =
+            ConnectionInfo::generate(Ipv4Addr::LOCALHOST, ChannelPorts::GUEST_DEFAULT).unwrap();
         let parsed = ConnectionInfo::from_json(&info.to_json()).unwrap();
         assert_eq!(parsed, info);
     }
 
     #[test]
     fn connection_file_names_jupyter_fields() {
-        let info = ConnectionInfo::with_address(
-            "10.0.0.2",
-            ChannelPorts::GUEST_DEFAULT,
-            "abc".to_owned(),
-        )
-        .unwrap();
+        let info =
+            ConnectionInfo::with_address("10.0.0.2", ChannelPorts::GUEST_DEFAULT, "abc".to_owned())
+                .unwrap();
         let value: serde_json::Value = serde_json::from_str(&info.to_json()).unwrap();
         assert_eq!(value["ip"], "10.0.0.2");
         assert_eq!(value["transport"], "tcp");

@@ -10,9 +10,12 @@ pub mod client;
 pub mod connection;
 pub mod suite;
 
+#[cfg(test)]
+mod signature_tests;
+
 pub use client::{
-    CellOutcome, CellRun, ClientError, ControlHandle, ExecuteOutcome, ExecuteStatus,
-    KernelClient, ReadyReport,
+    CellOutcome, CellRun, ClientError, ControlHandle, ExecuteOutcome, ExecuteStatus, KernelClient,
+    ReadyReport,
 };
 pub use connection::{is_address_in_use, ChannelPorts, ConnectionError, ConnectionInfo};
 pub use suite::{Cell, Expected, MeminfoTotals, Metric, Suite, SuiteError, MEMINFO_CELL};

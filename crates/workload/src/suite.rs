@@ -121,10 +121,9 @@ impl Cell {
     pub fn check(&self, answer: &str, stdout_bytes: u64) -> Result<(), String> {
         match &self.expect {
             Expected::Equals(expected) if answer == expected => Ok(()),
-            Expected::Equals(expected) => Err(format!(
-                "expected {expected:?}, got {:?}",
-                shorten(answer)
-            )),
+            Expected::Equals(expected) => {
+                Err(format!("expected {expected:?}, got {:?}", shorten(answer)))
+            }
             Expected::Matches(pattern) => {
                 // The pattern was compiled once in `validate`, so this cannot fail there.
                 let regex = Regex::new(pattern).map_err(|error| error.to_string())?;

@@ -13,6 +13,8 @@
 //!   instance.stop() ───────────────┘ everything the instance created is gone afterwards
 //! ```
 
+pub mod process;
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
