@@ -32,6 +32,9 @@ pub struct SweepReport {
 impl Engine {
     /// Removes the containers, then the networks, that carry [`RUN_ID_LABEL`] and fall in
     /// `scope`. Containers go first because a network with endpoints cannot be removed.
+    ///
+    /// NOTE: the daemon completes a create request even after its client died, so a create
+    /// still in flight when the sweep lists can escape it; the next sweep removes it.
     pub async fn sweep(&self, scope: &SweepScope) -> Result<SweepReport, ContainerError> {
         let filter = match scope {
             SweepScope::Stale => RUN_ID_LABEL.to_string(),
