@@ -1,12 +1,467 @@
-//! `isobench run`.
+//! `isobench run`: trials of one backend, printed as text or JSON.
+//!
+//! The flags are resolved here into the harness's run plan; the harness runs the trials
+//! (launch, ready, memory, suite, shutdown) exactly as `isobench compare` does, only with one
+//! backend.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use isobench_harness::backend::process::ProcessBackend;
+use isobench_harness::backend::{Backend, BackendKind, GuestImagePaths};
+use isobench_harness::cancel::{self, Cancel};
+use isobench_harness::host::{rfc3339_utc, HostInfo};
+use isobench_harness::image::{self, ArtifactSet, Cache, ImageError, RecipeHashes};
+use isobench_harness::jupyter::JupyterWorkload;
+use isobench_harness::results::{
+    ExecutionHost, Results, RunConfig, RunInfo, TrialOutcome, TrialRecord, SCHEMA_VERSION,
+};
+use isobench_harness::run::{PlannedBackend, RunObserver, RunPlan};
+use isobench_harness::stats::Bootstrap;
+use isobench_harness::summary::RunSummary;
+use isobench_harness::trial::{TrialObserver, TrialSettings};
+use isobench_workload::Suite;
+
+/// Backends `isobench run` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// No isolation: the root filesystem under chroot, the baseline.
+    Process,
+    /// A container run by the Docker Engine.
+    Docker,
+    /// The guest kernel in isobench's own KVM microVM.
+    Microvm,
+}
 
 /// Flags of `isobench run`.
 #[derive(clap::Args)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Backend to run.
+    #[arg(long, value_enum)]
+    backend: BackendArg,
+    /// Measured trials.
+    #[arg(long, default_value_t = 3)]
+    trials: u32,
+    /// Warm-up trials, run first and left out of every figure.
+    #[arg(long, default_value_t = 1)]
+    warmup: u32,
+    /// Cell suite file (TOML) to run instead of the embedded default suite.
+    #[arg(long, value_name = "FILE")]
+    suite: Option<PathBuf>,
+    /// Time allowed from launch to a ready Jupyter kernel, in seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    ready_deadline: f64,
+    /// Time allowed for one whole trial, launch to end of the suite, in seconds.
+    #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
+    trial_deadline: f64,
+    /// vCPUs of the microVM and CPU limit of the container; the process backend ignores it.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Guest RAM of the microVM and memory limit of the container, in MiB; the process
+    /// backend ignores it.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    memory: u32,
+    /// Also writes the results to this `results.json` file, rewritten after every trial.
+    #[arg(long, value_name = "FILE")]
+    results: Option<PathBuf>,
+    /// Prints the results and their summary as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Pause between ready and the idle memory sample.
+const IDLE_SETTLE: Duration = Duration::from_millis(500);
 
 /// Runs `isobench run`.
-pub fn main(_args: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`isobench run` is not implemented yet")
+pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = resolve(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+/// `isobench run` flags resolved into what the harness takes.
+struct RunConfigResolved {
+    backend: PlannedBackend,
+    suite: Suite,
+    image: GuestImagePaths,
+    trials: u32,
+    warmup: u32,
+    vcpus: u32,
+    memory_mib: u32,
+    ready_deadline: Duration,
+    trial_deadline: Duration,
+    results_path: Option<PathBuf>,
+    json: bool,
+}
+
+fn resolve(args: &RunArgs) -> anyhow::Result<RunConfigResolved> {
+    if args.trials == 0 {
+        anyhow::bail!("invalid --trials 0: run at least 1 measured trial");
+    }
+    let ready_deadline = seconds("--ready-deadline", args.ready_deadline)?;
+    let trial_deadline = seconds("--trial-deadline", args.trial_deadline)?;
+    if trial_deadline < ready_deadline {
+        anyhow::bail!(
+            "invalid --trial-deadline {}: it must be at least --ready-deadline {}",
+            args.trial_deadline,
+            args.ready_deadline
+        );
+    }
+    let suite = match &args.suite {
+        Some(path) => Suite::from_file(path)?,
+        None => Suite::default_suite(),
+    };
+    let backend = backend(args.backend)?;
+    let image = locate_image(backend.backend.kind())?;
+    Ok(RunConfigResolved {
+        backend,
+        suite,
+        image,
+        trials: args.trials,
+        warmup: args.warmup,
+        vcpus: args.vcpus,
+        memory_mib: args.memory,
+        ready_deadline,
+        trial_deadline,
+        results_path: args.results.clone(),
+        json: args.json,
+    })
+}
+
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        anyhow::bail!("invalid {flag} {value}: use a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// Creates the named backend. Each backend the harness offers gets one arm here.
+fn backend(name: BackendArg) -> anyhow::Result<PlannedBackend> {
+    let backend: Arc<dyn Backend> = match name {
+        BackendArg::Process => {
+            ProcessBackend::check_available()?;
+            Arc::new(ProcessBackend::new())
+        }
+        // TODO: plug in the docker and microvm backends once the harness provides them.
+        BackendArg::Docker | BackendArg::Microvm => anyhow::bail!(
+            "the {name:?} backend is not available in `isobench run` yet: use --backend process"
+        ),
+    };
+    Ok(PlannedBackend {
+        backend,
+        execution_host: ExecutionHost::Direct,
+    })
+}
+
+/// Finds the built guest image. The process backend needs only the root filesystem tree, so
+/// for it a missing guest kernel is not an error.
+fn locate_image(kind: BackendKind) -> anyhow::Result<GuestImagePaths> {
+    match image::locate() {
+        Ok(paths) => Ok(paths),
+        Err(ImageError::NotBuilt { set: "kernel", .. }) if kind == BackendKind::Process => {
+            let cache = Cache::from_env()?;
+            let hashes = RecipeHashes::embedded();
+            if !cache.is_complete(ArtifactSet::Rootfs, &hashes.rootfs) {
+                return Err(image::locate().unwrap_err().into());
+            }
+            let kernel = cache.set_dir(ArtifactSet::Kernel, &hashes.kernel);
+            let rootfs = cache.set_dir(ArtifactSet::Rootfs, &hashes.rootfs);
+            Ok(GuestImagePaths {
+                id: hashes.image_id.clone(),
+                vmlinux: kernel.join("vmlinux"),
+                bzimage: kernel.join("bzImage"),
+                rootfs_tar: rootfs.join("rootfs.tar"),
+                rootfs_ext4: rootfs.join("rootfs.ext4"),
+                rootfs_tree: rootfs.join("tree"),
+                docker_tag: hashes.docker_tag(),
+            })
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn run(config: RunConfigResolved) -> anyhow::Result<ExitCode> {
+    let started = SystemTime::now();
+    let run_id = format!(
+        "run-{}-{}",
+        started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs())
+            .unwrap_or(0),
+        std::process::id()
+    );
+    let plan = RunPlan {
+        backends: vec![config.backend.clone()],
+        trials: config.trials,
+        warmup: config.warmup,
+        settings: TrialSettings {
+            run_id: run_id.clone(),
+            image: config.image.clone(),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            ready_deadline: config.ready_deadline,
+            trial_deadline: config.trial_deadline,
+            idle_settle: IDLE_SETTLE,
+        },
+        results_path: config.results_path.clone(),
+    };
+    let mut results = Results {
+        schema_version: SCHEMA_VERSION,
+        run: RunInfo {
+            run_id,
+            started_at: rfc3339_utc(started),
+            finished_at: None,
+            interrupted: false,
+            command_line: std::env::args().collect(),
+            isobench_version: env!("CARGO_PKG_VERSION").into(),
+            isobench_revision: None,
+            image_id: config.image.id.clone(),
+            config: RunConfig {
+                backends: vec![config.backend.backend.name()],
+                trials: config.trials,
+                warmup: config.warmup,
+                vcpus: config.vcpus,
+                memory_mib: config.memory_mib,
+                suite: config.suite.name.clone(),
+                ready_deadline_s: config.ready_deadline.as_secs_f64(),
+                trial_deadline_s: config.trial_deadline.as_secs_f64(),
+                idle_settle_s: IDLE_SETTLE.as_secs_f64(),
+            },
+            skipped_backends: Vec::new(),
+        },
+        host: HostInfo::collect(None),
+        trials: Vec::new(),
+    };
+
+    let (canceller, cancel) = cancel::channel();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("isobench: interrupted; stopping the current trial");
+            canceller.cancel();
+        }
+    });
+    let workload = JupyterWorkload::new(config.suite.clone());
+    let observer = Progress {
+        text: !config.json,
+        cancel: cancel.clone(),
+    };
+    isobench_harness::run::run(&plan, &workload, &mut results, &cancel, &observer).await?;
+
+    let summary = RunSummary::of(&results, &Bootstrap::default());
+    let mut stdout = std::io::stdout().lock();
+    if config.json {
+        let document = serde_json::json!({ "results": results, "summary": summary });
+        serde_json::to_writer_pretty(&mut stdout, &document)?;
+        writeln!(stdout)?;
+    } else {
+        print_summary(&mut stdout, &summary)?;
+    }
+
+    let failed = results
+        .trials
+        .iter()
+        .any(|trial| matches!(trial.outcome, TrialOutcome::Failed { .. }));
+    Ok(if failed || results.run.interrupted {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Prints each trial as it ends, on standard error so `--json` output stays clean.
+struct Progress {
+    text: bool,
+    cancel: Cancel,
+}
+
+impl TrialObserver for Progress {}
+
+impl RunObserver for Progress {
+    fn trial_started(&self, backend: &str, round: u32, warmup: bool) {
+        if self.text && !self.cancel.is_cancelled() {
+            let kind = if warmup { "warm-up" } else { "trial" };
+            eprintln!("{backend}: {kind} {} ...", round + 1);
+        }
+    }
+
+    fn trial_finished(&self, record: &TrialRecord) {
+        if self.text {
+            eprint!("{}", describe_trial(record));
+        }
+    }
+}
+
+/// One trial in words: outcome, phases, readiness, memory and per-cell figures.
+fn describe_trial(record: &TrialRecord) -> String {
+    let mut text = String::new();
+    let kind = if record.warmup { "warm-up" } else { "trial" };
+    let outcome = match &record.outcome {
+        TrialOutcome::Completed => "completed".to_owned(),
+        TrialOutcome::Failed { stage, cause, exit } => {
+            let mut line = format!("FAILED at {stage}: {cause}");
+            if let Some(exit) = exit {
+                line.push_str(&format!(
+                    "\n    kernel {}; last output:\n{}",
+                    exit.status,
+                    indent(&exit.last_output)
+                ));
+            }
+            line
+        }
+        TrialOutcome::Interrupted { stage } => format!("interrupted at {stage}"),
+    };
+    text.push_str(&format!("  {kind} {}: {outcome}\n", record.round + 1));
+    if let Some(ready) = record.launch_to_ready_s {
+        let attempts = record.ready_attempts.unwrap_or(0);
+        text.push_str(&format!(
+            "    launch to ready {} ({attempts} kernel_info_request)\n",
+            format_seconds(ready)
+        ));
+    }
+    for phase in &record.phases {
+        text.push_str(&format!(
+            "    phase {:<16} {}\n",
+            phase.name,
+            format_seconds(phase.duration_s())
+        ));
+    }
+    if let Some(memory) = &record.memory_idle {
+        if let Some(pss) = memory.sample.host_pss_bytes {
+            text.push_str(&format!(
+                "    host_pss at idle {}\n",
+                format_mib(pss as f64)
+            ));
+        }
+        if let Some(delta) = memory.host_delta_bytes {
+            text.push_str(&format!(
+                "    host_delta at idle {}\n",
+                format_mib(delta as f64)
+            ));
+        }
+    }
+    for cell in &record.cells {
+        let mut sorted = cell.latencies_s.clone();
+        sorted.sort_by(f64::total_cmp);
+        let Some(&p50) = sorted.get(sorted.len() / 2) else {
+            continue;
+        };
+        let line = match (cell.bytes_per_repetition, &cell.answer) {
+            (Some(bytes), _) => format!(
+                "{:.1} MB/s (p50 {})",
+                bytes as f64 / p50 / 1e6,
+                format_seconds(p50)
+            ),
+            (None, Some(answer)) if cell.latencies_s.len() == 1 => {
+                format!("{answer:?} ({})", format_seconds(p50))
+            }
+            _ => format!(
+                "p50 {} p99 {} over {}",
+                format_seconds(p50),
+                format_seconds(sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]),
+                sorted.len()
+            ),
+        };
+        text.push_str(&format!("    cell {:<18} {line}\n", cell.name));
+    }
+    text
+}
+
+fn print_summary(out: &mut impl Write, summary: &RunSummary) -> std::io::Result<()> {
+    for backend in &summary.backends {
+        writeln!(
+            out,
+            "{}: {} of {} measured trials completed",
+            backend.backend, backend.completed, backend.trials
+        )?;
+        for failure in &backend.failures {
+            writeln!(
+                out,
+                "  trial {} failed at {}: {}",
+                failure.round + 1,
+                failure.stage,
+                failure.cause
+            )?;
+        }
+        for figure in &backend.figures {
+            let estimate = &figure.estimate;
+            let (median, low, high) = match figure.unit.as_str() {
+                "s" => (
+                    format_seconds(estimate.median),
+                    format_seconds(estimate.ci_low),
+                    format_seconds(estimate.ci_high),
+                ),
+                "bytes" => (
+                    format_mib(estimate.median),
+                    format_mib(estimate.ci_low),
+                    format_mib(estimate.ci_high),
+                ),
+                unit => (
+                    format!("{:.1} {unit}", estimate.median),
+                    format!("{:.1}", estimate.ci_low),
+                    format!("{:.1}", estimate.ci_high),
+                ),
+            };
+            writeln!(
+                out,
+                "  {:<28} median {median} (95% CI {low} .. {high}, n={})",
+                figure.name, estimate.count
+            )?;
+        }
+        for phase in &backend.phases {
+            writeln!(
+                out,
+                "  phase {:<22} median {}",
+                phase.name,
+                format_seconds(phase.estimate.median)
+            )?;
+        }
+        for cell in &backend.cells {
+            if let Some(latency) = &cell.latency {
+                writeln!(
+                    out,
+                    "  cell {:<23} p50 {} p95 {} p99 {} (n={})",
+                    cell.name,
+                    format_seconds(latency.p50),
+                    format_seconds(latency.p95),
+                    format_seconds(latency.p99),
+                    cell.latencies_s.len()
+                )?;
+            }
+        }
+        for observation in &backend.observations {
+            writeln!(
+                out,
+                "  seen inside: {:<16} {}",
+                observation.name,
+                observation.answers.join(" | ")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn format_seconds(seconds: f64) -> String {
+    if seconds < 1.0 {
+        format!("{:.2} ms", seconds * 1e3)
+    } else {
+        format!("{seconds:.3} s")
+    }
+}
+
+fn format_mib(bytes: f64) -> String {
+    format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|line| format!("      {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
