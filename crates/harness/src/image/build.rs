@@ -2,14 +2,18 @@
 //! rename that makes a finished set visible.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::backend::GuestImagePaths;
 use crate::image::cache::{Cache, Manifest, MANIFEST_FILE, TEMPORARY_PREFIX, WORK_PREFIX};
+use crate::image::cleanup::{
+    install_interrupt_handler, interrupted, remove_build_folder, ScriptGroup,
+};
 use crate::image::recipe::{ArtifactSet, RecipeFile, RecipeHashes};
 use crate::image::ImageError;
 
@@ -86,6 +90,9 @@ pub struct BuildSummary {
 /// Builds every artifact set of the embedded recipes that the cache lacks, and returns the
 /// paths of the complete guest image. Sets already in the cache are left alone, so a second
 /// call with nothing changed only checks the cache.
+///
+/// While it builds, SIGINT and SIGTERM stop the build scripts, whose folders are then
+/// removed, and the call returns [`ImageError::Interrupted`].
 pub fn build(cache: &Cache, progress: &dyn BuildProgress) -> Result<BuildSummary, ImageError> {
     let hashes = RecipeHashes::embedded();
     let missing: Vec<ArtifactSet> = ArtifactSet::ALL
@@ -96,6 +103,7 @@ pub fn build(cache: &Cache, progress: &dyn BuildProgress) -> Result<BuildSummary
     if !missing.is_empty() {
         preflight(cache, &missing)?;
         remove_stale_builds(cache);
+        install_interrupt_handler();
     }
 
     let outcomes: Vec<Result<SetOutcome, ImageError>> = std::thread::scope(|scope| {
@@ -125,6 +133,9 @@ pub fn build(cache: &Cache, progress: &dyn BuildProgress) -> Result<BuildSummary
             .collect()
     });
 
+    if interrupted() {
+        return Err(ImageError::Interrupted);
+    }
     let mut outcomes = outcomes.into_iter();
     let kernel = outcomes.next().expect("one outcome per set")?;
     let rootfs = outcomes.next().expect("one outcome per set")?;
@@ -221,9 +232,7 @@ fn remove_stale_builds(cache: &Cache) {
             continue;
         }
         info!(dir = %dir.display(), "removing the folder of an interrupted build");
-        if let Err(error) = std::fs::remove_dir_all(&dir) {
-            warn!(dir = %dir.display(), %error, "cannot remove the folder of an interrupted build");
-        }
+        remove_build_folder(&dir);
     }
 }
 
@@ -235,13 +244,8 @@ struct BuildFolders {
 
 impl Drop for BuildFolders {
     fn drop(&mut self) {
-        for dir in [&self.temporary, &self.work] {
-            if dir.exists() {
-                if let Err(error) = std::fs::remove_dir_all(dir) {
-                    warn!(dir = %dir.display(), %error, "cannot remove a build folder");
-                }
-            }
-        }
+        remove_build_folder(&self.temporary);
+        remove_build_folder(&self.work);
     }
 }
 
@@ -363,8 +367,10 @@ fn run_script(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|error| failed(format!("cannot start sh {}: {error}", script.display())))?;
+    let _group = ScriptGroup::register(child.id() as i32);
 
     let stderr = child.stderr.take().expect("stderr is piped");
     let stdout = child.stdout.take().expect("stdout is piped");

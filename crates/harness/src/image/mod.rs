@@ -9,6 +9,7 @@
 
 mod build;
 mod cache;
+mod cleanup;
 mod docker;
 mod recipe;
 mod status;
@@ -82,6 +83,10 @@ pub enum ImageError {
         /// The build log.
         log: PathBuf,
     },
+
+    /// SIGINT or SIGTERM stopped the build; its folders were removed.
+    #[error("guest image build interrupted; nothing half-built was kept")]
+    Interrupted,
 
     /// A file operation in the cache failed.
     #[error("{action} {} failed", path.display())]
