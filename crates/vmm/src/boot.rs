@@ -1,0 +1,284 @@
+//! Loading the guest kernel and writing what it reads at entry: the command line, the memory
+//! map (PVH start info or zero page), the MP table and the boot GDT.
+
+use std::fs::File;
+use std::path::Path;
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::boot_params;
+use linux_loader::loader::bzimage::BzImage;
+use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_info};
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::{load_cmdline, KernelLoader};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::arch::layout::{
+    self, CMDLINE_ADDR, CMDLINE_CAPACITY, HIMEM_START, PVH_INFO_ADDR, PVH_MEMMAP_ADDR,
+    ZERO_PAGE_ADDR,
+};
+use crate::arch::regs::EntryMode;
+use crate::config::{KernelFormat, VmConfig};
+
+/// Errors of loading the guest kernel and writing its boot structures.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The kernel file could not be opened.
+    #[error("cannot open guest kernel {path}")]
+    Open {
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// linux-loader rejected the kernel image.
+    #[error("cannot load guest kernel {path}: {detail}: pass a vmlinux built with CONFIG_PVH=y or a bzImage")]
+    Load {
+        /// The path.
+        path: String,
+        /// linux-loader's message.
+        detail: String,
+    },
+    /// The ELF kernel has no PVH entry note.
+    #[error("guest kernel {0} has no PVH entry note: build it with CONFIG_PVH=y or boot its bzImage")]
+    NoPvhEntry(String),
+    /// The command line is invalid or too long.
+    #[error("invalid kernel command line: {0} (at most {CMDLINE_CAPACITY} bytes)")]
+    Cmdline(String),
+    /// The boot parameters could not be written.
+    #[error("cannot write the boot parameters: {0}")]
+    BootParams(String),
+}
+
+/// Where and how the boot vCPU enters the guest kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelEntry {
+    /// Boot protocol.
+    pub mode: EntryMode,
+    /// Entry address (`rip`).
+    pub entry: u64,
+    /// Address of the PVH start info or zero page.
+    pub boot_info: u64,
+}
+
+/// One virtio-mmio device as the kernel command line announces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioMmioEntry {
+    /// Guest address of the device's register window.
+    pub addr: u64,
+    /// IOAPIC pin.
+    pub irq: u32,
+}
+
+/// Builds the kernel command line: the base arguments, the root disk, the guest's network
+/// address, one `virtio_mmio.device=` entry per device and then the extra arguments.
+pub fn build_cmdline(config: &VmConfig, devices: &[VirtioMmioEntry]) -> Result<Cmdline, BootError> {
+    let invalid = |error: linux_loader::cmdline::Error| BootError::Cmdline(error.to_string());
+    let mut cmdline = Cmdline::new(CMDLINE_CAPACITY).map_err(invalid)?;
+    if !config.boot_args.trim().is_empty() {
+        cmdline.insert_str(config.boot_args.trim()).map_err(invalid)?;
+    }
+    if config.rootfs.is_some() {
+        cmdline.insert_str("root=/dev/vda rootfstype=ext4").map_err(invalid)?;
+        cmdline
+            .insert_str(if config.rootfs_writable { "rw" } else { "ro" })
+            .map_err(invalid)?;
+    }
+    if let Some(net) = &config.net {
+        // ip=<client>:<server>:<gateway>:<netmask>:<hostname>:<device>:<autoconf>
+        let ip = format!("{}::{}:{}::eth0:off", net.guest_ip, net.host_ip, net.netmask);
+        cmdline.insert("ip", ip.as_str()).map_err(invalid)?;
+    }
+    for device in devices {
+        cmdline
+            .add_virtio_mmio_device(
+                layout::VIRTIO_MMIO_SIZE,
+                GuestAddress(device.addr),
+                device.irq,
+                None,
+            )
+            .map_err(invalid)?;
+    }
+    for arg in &config.extra_args {
+        if !arg.trim().is_empty() {
+            cmdline.insert_str(arg.trim()).map_err(invalid)?;
+        }
+    }
+    Ok(cmdline)
+}
+
+/// Loads the guest kernel at `path` into `mem` and writes the command line and the memory map
+/// for `mem_size` bytes of RAM.
+pub fn load(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    format: KernelFormat,
+    cmdline: &Cmdline,
+    mem_size: u64,
+) -> Result<KernelEntry, BootError> {
+    let display = path.display().to_string();
+    let mut file = File::open(path).map_err(|source| BootError::Open {
+        path: display.clone(),
+        source,
+    })?;
+    let load_error = |error: linux_loader::loader::Error| BootError::Load {
+        path: display.clone(),
+        detail: error.to_string(),
+    };
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map_err(|e| BootError::Cmdline(e.to_string()))?
+        .as_bytes_with_nul()
+        .len();
+    load_cmdline(mem, GuestAddress(CMDLINE_ADDR), cmdline)
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+
+    match format {
+        KernelFormat::Elf => {
+            let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+                .map_err(load_error)?;
+            let PvhBootCapability::PvhEntryPresent(entry) = result.pvh_boot_cap else {
+                return Err(BootError::NoPvhEntry(display));
+            };
+            write_pvh_start_info(mem, mem_size)?;
+            Ok(KernelEntry {
+                mode: EntryMode::Pvh,
+                entry: entry.0,
+                boot_info: PVH_INFO_ADDR,
+            })
+        }
+        KernelFormat::BzImage => {
+            let result = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+                .map_err(load_error)?;
+            let header = result.setup_header.ok_or_else(|| BootError::Load {
+                path: display.clone(),
+                detail: "no setup header".to_string(),
+            })?;
+            write_zero_page(mem, header, cmdline_len, mem_size)?;
+            // The 64-bit entry point, startup_64, sits 0x200 bytes into the protected-mode
+            // kernel (Documentation/arch/x86/boot.rst, "64-bit Boot Protocol").
+            Ok(KernelEntry {
+                mode: EntryMode::Long64,
+                entry: result.kernel_load.0 + 0x200,
+                boot_info: ZERO_PAGE_ADDR,
+            })
+        }
+    }
+}
+
+/// PVH start info magic (`XEN_HVM_START_MAGIC_VALUE`).
+const PVH_START_MAGIC: u32 = 0x336e_c578;
+
+fn write_pvh_start_info(mem: &GuestMemoryMmap, mem_size: u64) -> Result<(), BootError> {
+    let memmap: Vec<hvm_memmap_table_entry> = layout::e820_entries(mem_size)
+        .iter()
+        .map(|entry| hvm_memmap_table_entry {
+            addr: entry.addr,
+            size: entry.size,
+            type_: entry.kind,
+            reserved: 0,
+        })
+        .collect();
+    let start_info = hvm_start_info {
+        magic: PVH_START_MAGIC,
+        version: 1,
+        cmdline_paddr: CMDLINE_ADDR,
+        memmap_paddr: PVH_MEMMAP_ADDR,
+        memmap_entries: memmap.len() as u32,
+        ..Default::default()
+    };
+    let mut params = BootParams::new(&start_info, GuestAddress(PVH_INFO_ADDR));
+    params.set_sections(&memmap, GuestAddress(PVH_MEMMAP_ADDR));
+    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
+        .map_err(|e| BootError::BootParams(e.to_string()))
+}
+
+/// `boot_flag` and `header` values every setup header carries.
+const BOOT_FLAG_MAGIC: u16 = 0xaa55;
+const HEADER_MAGIC: u32 = 0x5372_6448;
+/// `type_of_loader` of a boot loader without an assigned id.
+const LOADER_TYPE_UNDEFINED: u8 = 0xff;
+const DEFAULT_KERNEL_ALIGNMENT: u32 = 0x100_0000;
+
+fn write_zero_page(
+    mem: &GuestMemoryMmap,
+    header: linux_loader::loader::bootparam::setup_header,
+    cmdline_len: usize,
+    mem_size: u64,
+) -> Result<(), BootError> {
+    let mut params = boot_params {
+        hdr: header,
+        ..Default::default()
+    };
+    params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+    params.hdr.boot_flag = BOOT_FLAG_MAGIC;
+    params.hdr.header = HEADER_MAGIC;
+    params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
+    params.hdr.cmdline_size = cmdline_len as u32;
+    if params.hdr.kernel_alignment == 0 {
+        params.hdr.kernel_alignment = DEFAULT_KERNEL_ALIGNMENT;
+    }
+    let entries = layout::e820_entries(mem_size);
+    if entries.len() > params.e820_table.len() {
+        return Err(BootError::BootParams("too many e820 entries".to_string()));
+    }
+    for (slot, entry) in params.e820_table.iter_mut().zip(&entries) {
+        slot.addr = entry.addr;
+        slot.size = entry.size;
+        slot.r#type = entry.kind;
+    }
+    params.e820_entries = entries.len() as u8;
+    let boot = BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR));
+    LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(&boot, mem)
+        .map_err(|e| BootError::BootParams(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::config::NetConfig;
+
+    fn config() -> VmConfig {
+        let mut config = VmConfig::new("vmlinux".into());
+        config.rootfs = Some("rootfs.ext4".into());
+        config.net = Some(NetConfig {
+            tap: "isb0".into(),
+            guest_ip: Ipv4Addr::new(172, 16, 0, 2),
+            host_ip: Ipv4Addr::new(172, 16, 0, 1),
+            netmask: Ipv4Addr::new(255, 255, 255, 252),
+            mac: [6, 0, 172, 16, 0, 2],
+        });
+        config.extra_args = vec!["isobench.key=00ff".into()];
+        config
+    }
+
+    #[test]
+    fn cmdline_carries_devices_and_addresses() {
+        let devices = [VirtioMmioEntry {
+            addr: 0xd000_0000,
+            irq: 5,
+        }];
+        let cmdline = build_cmdline(&config(), &devices).unwrap();
+        let text = cmdline.as_cstring().unwrap().into_string().unwrap();
+        assert!(text.contains("virtio_mmio.device=4K@0xd0000000:5"), "{text}");
+        assert!(text.contains("ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off"));
+        assert!(text.contains("root=/dev/vda"));
+        assert!(text.contains(" ro"));
+        assert!(text.ends_with("isobench.key=00ff"));
+    }
+
+    #[test]
+    fn cmdline_too_long_is_rejected() {
+        let mut config = config();
+        config.extra_args = vec!["x".repeat(CMDLINE_CAPACITY)];
+        assert!(matches!(
+            build_cmdline(&config, &[]),
+            Err(BootError::Cmdline(_))
+        ));
+    }
+}

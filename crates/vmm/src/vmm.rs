@@ -1,0 +1,337 @@
+//! Building and running one microVM: KVM objects, guest RAM, devices, the guest kernel and
+//! the vCPUs, in the order the crate documentation lists.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_superio::I8042Device;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::layout::{self, SERIAL_IRQ, VIRTIO_IRQ_BASE};
+use crate::arch::regs;
+use crate::arch::{cpuid, mptable};
+use crate::boot::{self, BootError, KernelEntry, VirtioMmioEntry};
+use crate::config::{ConfigError, KernelFormat, VmConfig};
+use crate::devices::legacy::{I8042, MarkerPort, ResetTrigger, I8042_PORT, I8042_PORTS, MARKER_PORT};
+use crate::devices::serial::{open_console, ConsoleDrain, SerialDevice, COM1_PORT, UART_PORTS};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::{regs as mmio_regs, MmioTransport};
+use crate::devices::virtio::net::Net;
+use crate::devices::virtio::tap::{Tap, TapError};
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::{lock, Bus, DevicesError};
+use crate::event_loop::EventLoop;
+use crate::events::{EventSink, ExitReason};
+use crate::memory::{self, MemoryError};
+use crate::vcpu::{install_kick_handler, ExitCounters, ExitLatch, VcpuShared, VcpuThreads};
+
+/// How long vCPU threads get to leave `KVM_RUN` once the VM stops.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Errors of building or starting a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// A configuration value is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `/dev/kvm` does not exist.
+    #[error("/dev/kvm not found: enable virtualization and load the kvm module (modprobe kvm_intel or kvm_amd)")]
+    KvmMissing,
+    /// `/dev/kvm` cannot be opened by this user.
+    #[error("permission denied opening /dev/kvm: add this user to the kvm group or run as root")]
+    KvmPermission,
+    /// `/dev/kvm` lacks a capability the VMM needs.
+    #[error("KVM lacks the {0} capability, which the VMM needs")]
+    KvmCapability(&'static str),
+    /// A KVM ioctl failed.
+    #[error("KVM {what} failed: {source}")]
+    Kvm {
+        /// The operation.
+        what: &'static str,
+        /// The ioctl's error.
+        source: kvm_ioctls::Error,
+    },
+    /// The vCPU count exceeds what KVM supports here.
+    #[error("vCPU count {count} is out of range: this host's KVM supports at most {max}")]
+    TooManyVcpus {
+        /// Requested.
+        count: u32,
+        /// KVM's limit.
+        max: u32,
+    },
+    /// Guest RAM could not be created.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The guest kernel could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The root disk could not be opened.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The TAP device could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    /// Devices could not be placed.
+    #[error(transparent)]
+    Devices(#[from] DevicesError),
+    /// A host facility (eventfd, thread, file) failed.
+    #[error("cannot {what}: {source}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Io { what, source }
+}
+
+/// Opens `/dev/kvm`, telling a missing device from a permission problem.
+pub fn open_kvm() -> Result<Kvm, VmmError> {
+    Kvm::new().map_err(|error| match error.errno() {
+        libc::ENOENT | libc::ENXIO | libc::ENODEV => VmmError::KvmMissing,
+        libc::EACCES | libc::EPERM => VmmError::KvmPermission,
+        _ => VmmError::Kvm {
+            what: "open /dev/kvm",
+            source: error,
+        },
+    })
+}
+
+/// A created VM with its memory and devices, before its vCPUs run.
+pub struct Machine {
+    kvm: Kvm,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    vcpu_count: u32,
+    latch: Arc<ExitLatch>,
+    events: Arc<EventSink>,
+    pio: Bus,
+    mmio: Bus,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    virtio_entries: Vec<VirtioMmioEntry>,
+    serial: Arc<Mutex<SerialDevice>>,
+    console_drain: Option<ConsoleDrain>,
+    vcpus: Vec<VcpuFd>,
+}
+
+impl Machine {
+    /// Creates the VM, guest RAM and every device of `config`.
+    pub fn create(config: &VmConfig, events: Arc<EventSink>) -> Result<Self, VmmError> {
+        let kvm = open_kvm()?;
+        for (cap, name) in [
+            (Cap::Irqchip, "IRQCHIP"),
+            (Cap::Irqfd, "IRQFD"),
+            (Cap::Ioeventfd, "IOEVENTFD"),
+            (Cap::UserMemory, "USER_MEMORY"),
+            (Cap::Pit2, "PIT2"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmmError::KvmCapability(name));
+            }
+        }
+        let max_vcpus = kvm.get_max_vcpus() as u32;
+        if config.vcpus > max_vcpus {
+            return Err(VmmError::TooManyVcpus {
+                count: config.vcpus,
+                max: max_vcpus,
+            });
+        }
+
+        let vm = kvm.create_vm().map_err(kvm_error("create VM"))?;
+        if kvm.check_extension(Cap::SetTssAddr) {
+            vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+                .map_err(kvm_error("set TSS address"))?;
+        }
+        if kvm.check_extension(Cap::SetIdentityMapAddr) {
+            vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+                .map_err(kvm_error("set identity map address"))?;
+        }
+        vm.create_irq_chip().map_err(kvm_error("create irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_error("create PIT"))?;
+
+        let mem = memory::create(config.memory_bytes(), config.memory)?;
+        for (slot, region) in mem.iter().enumerate() {
+            let region_info = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the region is a live mapping of exactly `memory_size` bytes owned by
+            // `mem`, which the Machine keeps until the VM is dropped; slots do not overlap
+            // because the RAM ranges do not.
+            unsafe { vm.set_user_memory_region(region_info) }.map_err(kvm_error("set memory region"))?;
+        }
+
+        let latch = Arc::new(ExitLatch::new(events.clone()).map_err(io_error("create an eventfd"))?);
+        let mut machine = Machine {
+            kvm,
+            vm,
+            mem,
+            vcpu_count: config.vcpus,
+            latch,
+            events,
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            transports: Vec::new(),
+            virtio_entries: Vec::new(),
+            serial: Arc::new(Mutex::new(SerialDevice::new(
+                EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create an eventfd"))?,
+                open_console(&crate::config::Destination::None)
+                    .map_err(io_error("open the console"))?
+                    .0,
+            ))),
+            console_drain: None,
+            vcpus: Vec::new(),
+        };
+        machine.add_legacy_devices(config)?;
+        if let Some(rootfs) = &config.rootfs {
+            let block = Block::open(rootfs, config.rootfs_writable)?;
+            machine.add_virtio(Box::new(block))?;
+        }
+        if let Some(net) = &config.net {
+            let tap = Tap::open(&net.tap)?;
+            if tap.created() {
+                tap.configure(net.host_ip, net.netmask)?;
+            }
+            machine.add_virtio(Box::new(Net::new(tap, net.mac)?))?;
+        }
+        Ok(machine)
+    }
+
+    fn add_legacy_devices(&mut self, config: &VmConfig) -> Result<(), VmmError> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create an eventfd"))?;
+        self.vm
+            .register_irqfd(&irq, SERIAL_IRQ)
+            .map_err(kvm_error("register the serial irqfd"))?;
+        let (writer, drain) = open_console(&config.console).map_err(io_error("open the console"))?;
+        self.serial = Arc::new(Mutex::new(SerialDevice::new(irq, writer)));
+        self.console_drain = drain;
+        self.pio.insert(COM1_PORT, UART_PORTS, self.serial.clone())?;
+
+        let i8042 = I8042(I8042Device::new(ResetTrigger(self.latch.clone())));
+        self.pio.insert(I8042_PORT, I8042_PORTS, Arc::new(Mutex::new(i8042)))?;
+        let marker = MarkerPort::new(self.events.clone());
+        self.pio.insert(MARKER_PORT, 1, Arc::new(Mutex::new(marker)))?;
+        Ok(())
+    }
+
+    fn add_virtio(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), VmmError> {
+        let index = self.transports.len();
+        let addr = layout::virtio_mmio_addr(index);
+        let irq_line = VIRTIO_IRQ_BASE + index as u32;
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create an eventfd"))?;
+        self.vm
+            .register_irqfd(&irq, irq_line)
+            .map_err(kvm_error("register a virtio irqfd"))?;
+        let transport = MmioTransport::new(device, self.mem.clone(), irq)
+            .map_err(io_error("create a virtio transport"))?;
+        for (queue, event) in transport.queue_events().iter().enumerate() {
+            self.vm
+                .register_ioevent(event, &IoEventAddress::Mmio(addr + mmio_regs::QUEUE_NOTIFY), queue as u32)
+                .map_err(kvm_error("register a virtio ioeventfd"))?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio.insert(addr, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
+        self.transports.push(transport);
+        self.virtio_entries.push(VirtioMmioEntry { addr, irq: irq_line });
+        Ok(())
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Builds the command line, loads the guest kernel and writes the MP table and the boot
+    /// tables.
+    pub fn load_kernel(&self, config: &VmConfig, format: KernelFormat) -> Result<KernelEntry, VmmError> {
+        let cmdline = boot::build_cmdline(config, &self.virtio_entries)?;
+        let entry = boot::load(&self.mem, &config.kernel, format, &cmdline, config.memory_bytes())?;
+        mptable::write(&self.mem, self.vcpu_count)?;
+        Ok(entry)
+    }
+
+    /// Creates and configures the vCPUs to enter at `entry`.
+    pub fn create_vcpus(&mut self, entry: &KernelEntry) -> Result<(), VmmError> {
+        regs::write_boot_tables(&self.mem, entry.mode)?;
+        let supported: CpuId = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_error("get supported CPUID"))?;
+        let msr_list = self.kvm.get_msr_index_list().map_err(kvm_error("get MSR list"))?;
+        for index in 0..self.vcpu_count {
+            let vcpu = self.vm.create_vcpu(index as u64).map_err(kvm_error("create vCPU"))?;
+            let mut cpuid = supported.clone();
+            cpuid::patch(&mut cpuid, index, self.vcpu_count);
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_error("set CPUID"))?;
+            regs::set_msrs(&vcpu, msr_list.as_slice())?;
+            regs::set_fpu(&vcpu)?;
+            regs::set_boot_registers(&vcpu, entry.mode, entry.entry, entry.boot_info)?;
+            regs::set_lint(&vcpu)?;
+            self.vcpus.push(vcpu);
+        }
+        Ok(())
+    }
+
+    /// Runs the VM until it ends and tears it down; returns how it ended.
+    pub fn run(mut self) -> Result<ExitReason, VmmError> {
+        install_kick_handler().map_err(io_error("install the vCPU kick handler"))?;
+        let mut event_loop = EventLoop::new(self.latch.clone(), self.transports.clone())
+            .map_err(io_error("create the event loop"))?;
+        let shared = Arc::new(VcpuShared {
+            pio: std::mem::take(&mut self.pio),
+            mmio: std::mem::take(&mut self.mmio),
+            latch: self.latch.clone(),
+            events: self.events.clone(),
+            counters: ExitCounters::default(),
+            guest_ram: memory::mappings(&self.mem),
+            vcpu_count: self.vcpu_count,
+        });
+        let threads = VcpuThreads::start(std::mem::take(&mut self.vcpus), shared.clone())
+            .map_err(io_error("start the vCPU threads"))?;
+        let reason = event_loop.run();
+        threads.stop(VCPU_STOP_TIMEOUT);
+        lock(&self.serial).close();
+        if let Some(drain) = self.console_drain.take() {
+            drain.join();
+        }
+        for transport in &self.transports {
+            let errors = lock(transport).error_count();
+            if errors > 0 {
+                tracing::warn!(errors, "a virtio device saw malformed requests");
+            }
+        }
+        Ok(reason)
+    }
+}
+
+/// Builds the VM described by `config`, boots its guest kernel and runs it until it ends.
+pub fn run_vm(config: &VmConfig, events: Arc<EventSink>) -> Result<ExitReason, VmmError> {
+    let format = config.validate()?;
+    let mut machine = Machine::create(config, events)?;
+    let entry = machine.load_kernel(config, format)?;
+    machine.create_vcpus(&entry)?;
+    machine.run()
+}
