@@ -13,6 +13,7 @@
 //!   instance.stop() ───────────────┘ everything the instance created is gone afterwards
 //! ```
 
+pub mod docker;
 pub mod process;
 
 use std::net::Ipv4Addr;
@@ -188,6 +189,12 @@ pub trait Backend: Send + Sync {
 
     /// Removes leftovers of earlier runs that carry isobench's label or name prefix.
     async fn sweep(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Removes what the backend keeps across the trials of a run, such as the `docker`
+    /// backend's network; called once when the run ends, also after an error or Ctrl-C.
+    async fn finish(&self) -> Result<(), BackendError> {
         Ok(())
     }
 }
