@@ -51,6 +51,8 @@ pub struct BackendSummary {
     pub interrupted: usize,
     /// Figures, each under its own name (see [`Figure::name`]).
     pub figures: Vec<Figure>,
+    /// Launch-to-ready time of each measured trial in run order, in seconds.
+    pub launch_to_ready_s: Vec<f64>,
     /// Median duration of each startup phase, in phase order, in seconds.
     pub phases: Vec<PhaseSummary>,
     /// Latency and throughput of each cell.
@@ -385,6 +387,10 @@ fn summarise_backend(name: &str, trials: &[&TrialRecord], bootstrap: &Bootstrap)
         failures: Vec::new(),
         interrupted: 0,
         figures: Vec::new(),
+        launch_to_ready_s: measured
+            .iter()
+            .filter_map(|t| t.launch_to_ready_s)
+            .collect(),
         phases: Vec::new(),
         cells: Vec::new(),
         observations: Vec::new(),
