@@ -7,6 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+/// Git revision this build comes from (`-dirty` when tracked files had changes), or `None`
+/// when it was built outside a git work tree.
+pub const ISOBENCH_REVISION: Option<&str> = option_env!("ISOBENCH_GIT_REVISION");
+
 /// `KVM_GET_API_VERSION`, `_IO(KVMIO, 0x00)` with `KVMIO = 0xAE` (linux/kvm.h).
 const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
 

@@ -61,14 +61,36 @@ pub async fn run(
         }
     }
 
+    let outcome = run_rounds(plan, workload, results, cancel, observer).await;
+
+    // Every backend cleans up what it kept across trials, also after an error or Ctrl-C.
+    for planned in &plan.backends {
+        if let Err(error) = planned.backend.finish().await {
+            tracing::error!(backend = planned.backend.name(), %error, "cleanup after the run failed");
+        }
+    }
+    outcome?;
+
+    results.run.interrupted = cancel.is_cancelled();
+    results.run.finished_at = Some(rfc3339_utc(SystemTime::now()));
+    write(plan, results)
+}
+
+async fn run_rounds(
+    plan: &RunPlan,
+    workload: &dyn Workload,
+    results: &mut Results,
+    cancel: &Cancel,
+    observer: &dyn RunObserver,
+) -> Result<(), ResultsError> {
     let rounds = (0..plan.warmup)
         .map(|round| (round, true))
         .chain((0..plan.trials).map(|round| (round, false)));
     let mut sequence = 0;
-    'rounds: for (round, warmup) in rounds {
+    for (round, warmup) in rounds {
         for planned in &plan.backends {
             if cancel.is_cancelled() {
-                break 'rounds;
+                return Ok(());
             }
             let name = planned.backend.name();
             observer.trial_started(&name, round, warmup);
@@ -96,10 +118,7 @@ pub async fn run(
             write(plan, results)?;
         }
     }
-
-    results.run.interrupted = cancel.is_cancelled();
-    results.run.finished_at = Some(rfc3339_utc(SystemTime::now()));
-    write(plan, results)
+    Ok(())
 }
 
 fn write(plan: &RunPlan, results: &Results) -> Result<(), ResultsError> {

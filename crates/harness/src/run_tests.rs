@@ -38,6 +38,7 @@ enum Script {
 struct Ledger {
     alive: AtomicUsize,
     launched: AtomicUsize,
+    finished: AtomicUsize,
 }
 
 struct ScriptedBackend {
@@ -78,6 +79,11 @@ impl Backend for ScriptedBackend {
             }],
             ledger: self.ledger.clone(),
         }))
+    }
+
+    async fn finish(&self) -> Result<(), BackendError> {
+        self.ledger.finished.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 }
 

@@ -212,6 +212,9 @@ pub trait Instance: Send {
     fn marks(&self) -> Vec<PhaseMark>;
 
     /// Waits until the workload exits; used to report a kernel that dies before ready.
+    ///
+    /// Must be cancel-safe and callable again: the trial races it against each step in
+    /// `select!`, drops it when the step wins, and calls it again for the next step.
     async fn wait_exit(&mut self) -> ExitInfo;
 
     /// Samples memory under every definition this backend supports.
