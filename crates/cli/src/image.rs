@@ -220,7 +220,10 @@ impl BuildProgress for TerminalProgress {
     }
 
     fn finished(&self, set: ArtifactSet, outcome: &SetOutcome) {
-        self.print(set, &format!("done: {}", describe(outcome)));
+        // A set found in the cache had no spinner; the summary line reports it.
+        if *outcome != SetOutcome::Reused {
+            self.print(set, &format!("done: {}", describe(outcome)));
+        }
         self.with_spinner(set, |spinner| {
             spinner.finish_with_message(format!("done: {}", describe(outcome)))
         });

@@ -155,19 +155,35 @@ fn chroot_imports_ipykernel_and_numpy() {
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "6.17.0");
 }
 
+/// Whether an ELF64 little-endian executable has a `PT_INTERP` program header, that is, needs a
+/// dynamic loader.
+fn has_interpreter(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let read_u16 = |at: usize| u16::from_le_bytes([elf[at], elf[at + 1]]) as usize;
+    let program_headers = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let entry_size = read_u16(0x36);
+    let count = read_u16(0x38);
+    (0..count).any(|index| {
+        let at = program_headers + index * entry_size;
+        u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == PT_INTERP
+    })
+}
+
 #[test]
 fn tree_has_static_entrypoint() {
     let image = built_image();
     let init = image.rootfs_tree.join("sbin/isobench-init");
     let bytes = std::fs::read(&init).unwrap();
     assert_eq!(&bytes[..4], b"\x7fELF");
-    // A static executable has no PT_INTERP program header, so no dynamic loader path.
     assert!(
-        !bytes
-            .windows(b"ld-linux".len())
-            .any(|window| window == b"ld-linux"),
+        !has_interpreter(&bytes),
         "{} is dynamically linked",
         init.display()
+    );
+    let python = std::fs::read(image.rootfs_tree.join("usr/bin/python3.11")).unwrap();
+    assert!(
+        has_interpreter(&python),
+        "the check cannot see a dynamic executable"
     );
 }
 
@@ -233,7 +249,7 @@ fn entrypoint_starts_jupyter_kernel_in_chroot() {
         .arg(&image.rootfs_tree)
         .arg("/sbin/isobench-init")
         .env_clear()
-        .env("PATH", "/usr/bin:/bin")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("ISOBENCH_IP", "127.0.0.1")
         .env("ISOBENCH_KEY", "00ff")
         .env("ISOBENCH_PORTS", "47011,47012,47013,47014,47015")

@@ -89,7 +89,10 @@ pub enum ImageError {
     Interrupted,
 
     /// A file operation in the cache failed.
-    #[error("{action} {} failed", path.display())]
+    #[error(
+        "{action} {} failed; check that the cache folder is writable, or set ISOBENCH_CACHE_DIR",
+        path.display()
+    )]
     Io {
         /// What was being done, such as `creating` or `renaming`.
         action: &'static str,
