@@ -1,12 +1,645 @@
-//! `isobench compare`.
+//! `isobench compare`: trials across every backend the host offers, `results.json`, and the
+//! HTML report.
+//!
+//! The flags are resolved here into the harness's run plan: which backends run (and why the
+//! others do not), the guest image (built when missing), the suite and the limits. The
+//! harness runs the rounds; this module shows progress, catches Ctrl-C and renders the report.
 
+use std::fs;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use isobench_harness::backend::docker::{DockerBackend, DockerOptions};
+use isobench_harness::backend::process::ProcessBackend;
+use isobench_harness::backend::{Backend, BackendKind, GuestImagePaths};
+use isobench_harness::cancel::{self, Cancel};
+use isobench_harness::host::{
+    rfc3339_utc, timestamp_folder_name, DockerInfo, HostInfo, KvmFlavour, KvmInfo,
+    ISOBENCH_REVISION,
+};
+use isobench_harness::image::{self, ArtifactSet, BuildProgress, Cache, ImageError, SetOutcome};
+use isobench_harness::jupyter::JupyterWorkload;
+use isobench_harness::results::{
+    ExecutionHost, Results, RunConfig, RunInfo, SkippedBackend, TrialOutcome, TrialRecord,
+    TrialStage, SCHEMA_VERSION,
+};
+use isobench_harness::run::{PlannedBackend, RunObserver, RunPlan};
+use isobench_harness::summary::BackendSummary;
+use isobench_harness::trial::{TrialObserver, TrialSettings};
+use isobench_workload::Suite;
+
+use crate::run::BackendArg;
+
+/// Smallest guest RAM or container limit that runs the Jupyter kernel with numpy, in MiB.
+const MIN_MEMORY_MIB: u32 = 256;
+
+/// Largest `--vcpus`: the microVM's vCPU limit.
+const MAX_VCPUS: u32 = 32;
+
+/// Pause between ready and the idle memory sample.
+const IDLE_SETTLE: Duration = Duration::from_millis(500);
+
+/// Where the microVM backend runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MicrovmHost {
+    /// On this host's own KVM; real figures need hardware virtualisation.
+    Direct,
+    /// Inside the emulated hardware-KVM host (QEMU software emulation with nested SVM):
+    /// emulation times, shown apart and left out of every ratio.
+    Emulated,
+}
 
 /// Flags of `isobench compare`.
 #[derive(clap::Args)]
-pub struct CompareArgs {}
+pub struct CompareArgs {
+    /// Backends to compare, comma-separated (process, docker, microvm). Default: every backend
+    /// this host offers; the others are listed with the reason they were skipped.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    backends: Option<Vec<BackendArg>>,
+    /// Measured trials per backend.
+    #[arg(long, default_value_t = 10)]
+    trials: u32,
+    /// Warm-up trials per backend, run first and left out of every figure.
+    #[arg(long, default_value_t = 1)]
+    warmup: u32,
+    /// Cell suite file (TOML) to run instead of the embedded default suite.
+    #[arg(long, value_name = "FILE")]
+    suite: Option<PathBuf>,
+    /// vCPUs of the microVM and CPU limit of the container.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Guest RAM of the microVM and memory limit of the container, in MiB.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    memory_mib: u32,
+    /// Folder for results.json, summary.csv, index.html and the SVG charts.
+    /// Default: reports/<UTC timestamp>/ under the current folder.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Where the microVM runs. Default: direct on a host with hardware KVM; elsewhere the
+    /// microVM is skipped unless `emulated` is given.
+    #[arg(long, value_enum)]
+    microvm_host: Option<MicrovmHost>,
+    /// Time allowed from launch to a ready Jupyter kernel, in seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    ready_deadline: f64,
+    /// Time allowed for one whole trial, launch to end of the suite, in seconds.
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    trial_deadline: f64,
+}
+
+/// The flags resolved and checked.
+struct Settings {
+    requested: Option<Vec<BackendKind>>,
+    trials: u32,
+    warmup: u32,
+    suite: Suite,
+    vcpus: u32,
+    memory_mib: u32,
+    out: PathBuf,
+    microvm_host: Option<MicrovmHost>,
+    ready_deadline: Duration,
+    trial_deadline: Duration,
+}
 
 /// Runs `isobench compare`.
-pub fn main(_args: CompareArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`isobench compare` is not implemented yet")
+pub fn main(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let settings = resolve(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+
+    let selection = runtime.block_on(select_backends(&settings))?;
+    for skipped in &selection.skipped {
+        eprintln!("isobench: skipping {}: {}", skipped.backend, skipped.reason);
+    }
+    let names: Vec<String> = selection.planned.iter().map(|p| p.backend.name()).collect();
+    eprintln!("isobench: comparing {}", names.join(", "));
+
+    let image = prepare_image()?;
+    if selection
+        .planned
+        .iter()
+        .any(|p| p.backend.kind() == BackendKind::Docker)
+    {
+        let spinner = spinner(format!(
+            "importing the guest image into Docker as {}",
+            image.docker_tag
+        ));
+        let imported = runtime.block_on(image::import_docker_image(&image));
+        spinner.finish_and_clear();
+        imported.context("failed to import the guest image into Docker")?;
+    }
+
+    runtime.block_on(compare(settings, selection, image))
+}
+
+fn resolve(args: CompareArgs) -> anyhow::Result<Settings> {
+    if args.trials == 0 {
+        anyhow::bail!("invalid --trials 0: run at least 1 measured trial per backend");
+    }
+    if args.vcpus == 0 || args.vcpus > MAX_VCPUS {
+        anyhow::bail!("invalid --vcpus {}: use 1 to {MAX_VCPUS}", args.vcpus);
+    }
+    if args.memory_mib < MIN_MEMORY_MIB {
+        anyhow::bail!(
+            "invalid --memory-mib {}: the Jupyter kernel needs at least {MIN_MEMORY_MIB} MiB",
+            args.memory_mib
+        );
+    }
+    let ready_deadline = seconds("--ready-deadline", args.ready_deadline)?;
+    let trial_deadline = seconds("--trial-deadline", args.trial_deadline)?;
+    if trial_deadline < ready_deadline {
+        anyhow::bail!(
+            "invalid --trial-deadline {}: it must be at least --ready-deadline {}",
+            args.trial_deadline,
+            args.ready_deadline
+        );
+    }
+    let suite = match &args.suite {
+        Some(path) => Suite::from_file(path)?,
+        None => Suite::default_suite(),
+    };
+    let requested = args.backends.map(|list| {
+        let mut kinds: Vec<BackendKind> = Vec::new();
+        for backend in list {
+            let kind = match backend {
+                BackendArg::Process => BackendKind::Process,
+                BackendArg::Docker => BackendKind::Docker,
+                BackendArg::Microvm => BackendKind::Microvm,
+            };
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        kinds
+    });
+    let out = args.out.unwrap_or_else(default_out_dir);
+    if out.join("results.json").exists() {
+        anyhow::bail!(
+            "{} already has a results.json: choose another --out folder or remove it",
+            out.display()
+        );
+    }
+    Ok(Settings {
+        requested,
+        trials: args.trials,
+        warmup: args.warmup,
+        suite,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        out,
+        microvm_host: args.microvm_host,
+        ready_deadline,
+        trial_deadline,
+    })
+}
+
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        anyhow::bail!("invalid {flag} {value}: use a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn default_out_dir() -> PathBuf {
+    let base = Path::new("reports").join(timestamp_folder_name(SystemTime::now()));
+    let mut candidate = base.clone();
+    let mut suffix = 2;
+    while candidate.exists() {
+        candidate = PathBuf::from(format!("{}-{suffix}", base.display()));
+        suffix += 1;
+    }
+    candidate
+}
+
+/// Backends that will run, in round order, and those that will not.
+struct Selection {
+    planned: Vec<PlannedBackend>,
+    skipped: Vec<SkippedBackend>,
+    docker: Option<DockerInfo>,
+}
+
+/// Probes each candidate backend. A backend named in `--backends` that cannot run is an
+/// error; without `--backends`, it is skipped with its reason.
+async fn select_backends(settings: &Settings) -> anyhow::Result<Selection> {
+    let explicit = settings.requested.is_some();
+    let candidates = settings.requested.clone().unwrap_or_else(|| {
+        vec![
+            BackendKind::Process,
+            BackendKind::Docker,
+            BackendKind::Microvm,
+        ]
+    });
+    let mut selection = Selection {
+        planned: Vec::new(),
+        skipped: Vec::new(),
+        docker: None,
+    };
+    for kind in candidates {
+        let probed = match kind {
+            BackendKind::Process => ProcessBackend::check_available()
+                .map(|()| direct(Arc::new(ProcessBackend::new())))
+                .map_err(|error| error.to_string()),
+            BackendKind::Docker => match DockerBackend::connect(DockerOptions::default()).await {
+                Ok(docker) => {
+                    let version = docker.engine_version();
+                    selection.docker = Some(DockerInfo {
+                        engine_version: version.engine.clone(),
+                        api_version: version.api.clone(),
+                        cgroup_version: None,
+                    });
+                    Ok(direct(Arc::new(docker)))
+                }
+                Err(error) => Err(error.to_string()),
+            },
+            BackendKind::Microvm => microvm_backend(settings.microvm_host),
+        };
+        match probed {
+            Ok(planned) => selection.planned.push(planned),
+            Err(reason) if explicit => {
+                anyhow::bail!("backend {} cannot run here: {reason}", kind_name(kind))
+            }
+            Err(reason) => selection.skipped.push(SkippedBackend {
+                backend: kind_name(kind).into(),
+                reason,
+            }),
+        }
+    }
+    if selection.planned.is_empty() {
+        let reasons: Vec<String> = selection
+            .skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.backend, s.reason))
+            .collect();
+        anyhow::bail!(
+            "no backend can run on this host ({}); run `isobench doctor`",
+            reasons.join("; ")
+        );
+    }
+    Ok(selection)
+}
+
+fn direct(backend: Arc<dyn Backend>) -> PlannedBackend {
+    PlannedBackend {
+        backend,
+        execution_host: ExecutionHost::Direct,
+    }
+}
+
+fn kind_name(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Process => "process",
+        BackendKind::Docker => "docker",
+        BackendKind::Microvm => "microvm",
+    }
+}
+
+/// Decides whether and where the microVM runs.
+fn microvm_backend(host: Option<MicrovmHost>) -> Result<PlannedBackend, String> {
+    let kvm = KvmInfo::probe();
+    match (host, kvm.flavour) {
+        (_, KvmFlavour::Unavailable) if host != Some(MicrovmHost::Emulated) => Err(
+            "/dev/kvm is missing: load kvm_intel or kvm_amd, or pass --microvm-host emulated"
+                .into(),
+        ),
+        (None, KvmFlavour::Paravirtual | KvmFlavour::Unknown) => Err(format!(
+            "this host's KVM is {} ({}), on which a stock guest kernel does not boot in useful \
+             time; pass --microvm-host emulated to run it in the emulated host (emulation times)",
+            kvm.flavour,
+            kvm.module.as_deref().unwrap_or("unknown module"),
+        )),
+        // TODO: construct the microvm backend (direct) and the emulated-host runner here once
+        // they exist in the harness; `ExecutionHost::Emulated` marks the latter's trials.
+        (_, _) => Err("the microvm backend is not part of this build yet".into()),
+    }
+}
+
+/// Finds the guest image, building whatever the cache lacks.
+fn prepare_image() -> anyhow::Result<GuestImagePaths> {
+    match image::locate() {
+        Ok(paths) => return Ok(paths),
+        Err(ImageError::NotBuilt { .. }) => {}
+        Err(error) => return Err(error.into()),
+    }
+    let cache = Cache::from_env()?;
+    eprintln!("isobench: the guest image is not built yet; building it first");
+    let progress = BuildBars::new();
+    let summary = image::build(&cache, &progress)?;
+    progress.clear();
+    Ok(summary.paths)
+}
+
+async fn compare(
+    settings: Settings,
+    selection: Selection,
+    image: GuestImagePaths,
+) -> anyhow::Result<ExitCode> {
+    fs::create_dir_all(&settings.out).with_context(|| {
+        format!(
+            "failed to create the report folder {}",
+            settings.out.display()
+        )
+    })?;
+    let results_path = settings.out.join("results.json");
+    let started = SystemTime::now();
+    let run_id = format!(
+        "ib{}-{}",
+        started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|since| since.as_secs())
+            .unwrap_or(0),
+        std::process::id()
+    );
+    let backends: Vec<String> = selection.planned.iter().map(|p| p.backend.name()).collect();
+    let plan = RunPlan {
+        backends: selection.planned,
+        trials: settings.trials,
+        warmup: settings.warmup,
+        settings: TrialSettings {
+            run_id: run_id.clone(),
+            image: image.clone(),
+            vcpus: settings.vcpus,
+            memory_mib: settings.memory_mib,
+            ready_deadline: settings.ready_deadline,
+            trial_deadline: settings.trial_deadline,
+            idle_settle: IDLE_SETTLE,
+        },
+        results_path: Some(results_path.clone()),
+    };
+    let mut results = Results {
+        schema_version: SCHEMA_VERSION,
+        run: RunInfo {
+            run_id,
+            started_at: rfc3339_utc(started),
+            finished_at: None,
+            interrupted: false,
+            command_line: std::env::args().collect(),
+            isobench_version: env!("CARGO_PKG_VERSION").into(),
+            isobench_revision: ISOBENCH_REVISION.map(str::to_owned),
+            image_id: image.id.clone(),
+            config: RunConfig {
+                backends: backends.clone(),
+                trials: settings.trials,
+                warmup: settings.warmup,
+                vcpus: settings.vcpus,
+                memory_mib: settings.memory_mib,
+                suite: settings.suite.name.clone(),
+                ready_deadline_s: settings.ready_deadline.as_secs_f64(),
+                trial_deadline_s: settings.trial_deadline.as_secs_f64(),
+                idle_settle_s: IDLE_SETTLE.as_secs_f64(),
+            },
+            skipped_backends: selection.skipped,
+        },
+        host: HostInfo::collect(selection.docker),
+        trials: Vec::new(),
+    };
+
+    let (canceller, cancel) = cancel::channel();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "isobench: interrupted; stopping the current trial and keeping the finished ones"
+            );
+            canceller.cancel();
+        }
+    });
+
+    let total = u64::from((settings.warmup + settings.trials) * backends.len() as u32);
+    let observer = TrialBars::new(total, cancel.clone());
+    let workload = JupyterWorkload::new(settings.suite.clone());
+    let run_result =
+        isobench_harness::run::run(&plan, &workload, &mut results, &cancel, &observer).await;
+    observer.finish();
+    run_result.context("failed to write results.json")?;
+
+    let index = crate::report::render(std::slice::from_ref(&results), &settings.out)?;
+    print_figures(&results);
+    println!("results: {}", results_path.display());
+    println!("report:  {}", index.display());
+
+    if results.run.interrupted {
+        return Ok(ExitCode::from(130));
+    }
+    let completed_everywhere = backends.iter().all(|name| {
+        results
+            .trials
+            .iter()
+            .any(|trial| &trial.backend == name && trial.is_measured())
+    });
+    Ok(if completed_everywhere {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Prints the headline figures of each backend.
+fn print_figures(results: &Results) {
+    let summary = isobench_harness::summary::RunSummary::of(results, &Default::default());
+    for backend in &summary.backends {
+        println!("{}", headline(backend));
+    }
+}
+
+fn headline(backend: &BackendSummary) -> String {
+    use isobench_report::format::{format_mib, format_seconds};
+    let mut parts = vec![format!(
+        "{:<8} {} of {} trials",
+        backend.backend, backend.completed, backend.trials
+    )];
+    if let Some(ready) = backend.figure("launch_to_ready") {
+        parts.push(format!(
+            "launch to ready {}",
+            format_seconds(ready.estimate.median)
+        ));
+    }
+    if let Some(delta) = backend.figure("host_delta") {
+        parts.push(format!("host_delta {}", format_mib(delta.estimate.median)));
+    }
+    if let Some(latency) = backend.cell("trivial").and_then(|cell| cell.latency) {
+        parts.push(format!(
+            "trivial p50 {} p99 {}",
+            format_seconds(latency.p50),
+            format_seconds(latency.p99)
+        ));
+    }
+    parts.join(", ")
+}
+
+fn spinner(message: String) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, draw_target());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+    );
+    bar.set_message(message);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn draw_target() -> ProgressDrawTarget {
+    if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    }
+}
+
+/// Progress of the guest image build, one spinner per artifact set.
+struct BuildBars {
+    bars: MultiProgress,
+    sets: Mutex<Vec<(ArtifactSet, ProgressBar)>>,
+}
+
+impl BuildBars {
+    fn new() -> BuildBars {
+        BuildBars {
+            bars: MultiProgress::with_draw_target(draw_target()),
+            sets: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn bar(&self, set: ArtifactSet) -> ProgressBar {
+        let mut sets = self
+            .sets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, bar)) = sets.iter().find(|(known, _)| *known == set) {
+            return bar.clone();
+        }
+        let bar = self.bars.add(spinner(format!("{}: starting", set.name())));
+        sets.push((set, bar.clone()));
+        bar
+    }
+
+    fn clear(&self) {
+        let _ = self.bars.clear();
+    }
+}
+
+impl BuildProgress for BuildBars {
+    fn started(&self, set: ArtifactSet, hash: &str) {
+        self.bar(set)
+            .set_message(format!("{}: building {hash}", set.name()));
+    }
+
+    fn step(&self, set: ArtifactSet, message: &str) {
+        self.bar(set)
+            .set_message(format!("{}: {message}", set.name()));
+    }
+
+    fn finished(&self, set: ArtifactSet, outcome: &SetOutcome) {
+        let text = match outcome {
+            SetOutcome::Reused => format!("{}: cached", set.name()),
+            SetOutcome::Built { seconds } => format!("{}: built in {seconds:.0} s", set.name()),
+        };
+        self.bar(set).finish_with_message(text);
+    }
+
+    fn failed(&self, set: ArtifactSet, error: &ImageError) {
+        self.bar(set)
+            .abandon_with_message(format!("{}: failed: {error}", set.name()));
+    }
+}
+
+/// Progress of the trials: one bar over all trials, its message naming the current step.
+struct TrialBars {
+    bar: ProgressBar,
+    cancel: Cancel,
+    current: Mutex<String>,
+}
+
+impl TrialBars {
+    fn new(total: u64, cancel: Cancel) -> TrialBars {
+        let bar = ProgressBar::with_draw_target(Some(total), draw_target());
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} trials  {elapsed}  {msg}")
+                .expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        TrialBars {
+            bar,
+            cancel,
+            current: Mutex::new(String::new()),
+        }
+    }
+
+    fn current(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl TrialObserver for TrialBars {
+    fn stage(&self, _backend: &str, stage: TrialStage) {
+        self.bar.set_message(format!("{}: {stage}", self.current()));
+    }
+
+    fn cell(&self, _backend: &str, cell: &str, done: u32, total: u32) {
+        if !cell.is_empty() {
+            self.bar.set_message(format!(
+                "{}: suite, cell {} of {total}: {cell}",
+                self.current(),
+                done + 1
+            ));
+        }
+    }
+}
+
+impl RunObserver for TrialBars {
+    fn trial_started(&self, backend: &str, round: u32, warmup: bool) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let kind = if warmup { "warm-up" } else { "trial" };
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            format!("{backend} {kind} {}", round + 1);
+    }
+
+    fn trial_finished(&self, record: &TrialRecord) {
+        self.bar.inc(1);
+        let kind = if record.warmup { "warm-up" } else { "trial" };
+        let line = match &record.outcome {
+            TrialOutcome::Completed => None,
+            TrialOutcome::Failed { stage, cause, exit } => {
+                let mut line = format!(
+                    "{} {kind} {} failed at the {stage} step: {cause}",
+                    record.backend,
+                    record.round + 1
+                );
+                if let Some(exit) = exit.as_ref().filter(|exit| !exit.last_output.is_empty()) {
+                    let tail: Vec<&str> = exit.last_output.lines().rev().take(5).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    line.push_str(&format!("\n  last output:\n    {}", tail.join("\n    ")));
+                }
+                Some(line)
+            }
+            TrialOutcome::Interrupted { stage } => Some(format!(
+                "{} {kind} {} interrupted at the {stage} step",
+                record.backend,
+                record.round + 1
+            )),
+        };
+        if let Some(line) = line {
+            if self.bar.is_hidden() {
+                eprintln!("isobench: {line}");
+            } else {
+                self.bar.println(format!("isobench: {line}"));
+            }
+        }
+    }
 }
