@@ -36,7 +36,7 @@ struct Check {
     name: &'static str,
     level: Level,
     result: String,
-    /// What to do; empty when nothing needs doing.
+    /// Advice on fixing a problem; empty when nothing needs doing.
     action: String,
 }
 

@@ -54,13 +54,13 @@ const LOW_SPACE_MIB: u64 = 256;
 
 /// Receives the progress of a build; called from one thread per artifact set.
 pub trait BuildProgress: Sync {
-    /// A set's build starts.
+    /// Reports that a set's build starts.
     fn started(&self, set: ArtifactSet, hash: &str);
-    /// A set's build reached a new step, described by `message`.
+    /// Reports that a set's build reached a new step, described by `message`.
     fn step(&self, set: ArtifactSet, message: &str);
-    /// A set is complete, built now or found in the cache.
+    /// Reports that a set is complete, built now or found in the cache.
     fn finished(&self, set: ArtifactSet, outcome: &SetOutcome);
-    /// A set's build failed.
+    /// Reports that a set's build failed.
     fn failed(&self, set: ArtifactSet, error: &ImageError);
 }
 
@@ -81,9 +81,9 @@ pub enum SetOutcome {
 pub struct BuildSummary {
     /// Paths of the complete guest image.
     pub paths: GuestImagePaths,
-    /// How the guest kernel became complete.
+    /// Outcome for the guest kernel.
     pub kernel: SetOutcome,
-    /// How the root filesystem became complete.
+    /// Outcome for the root filesystem.
     pub rootfs: SetOutcome,
 }
 

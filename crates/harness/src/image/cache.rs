@@ -1,4 +1,4 @@
-//! The cache folder: where each artifact set lives, how a complete one is told from an
+//! The cache folder: where each artifact set lives, how a complete set differs from an
 //! interrupted build, and the guest image paths every backend takes.
 //!
 //! ```text
@@ -77,8 +77,8 @@ impl Cache {
             .join(format!("{}-{hash}.log", set.name()))
     }
 
-    /// Whether the artifact set with hash `hash` is complete: its folder has its final name
-    /// and contains every artifact and the manifest.
+    /// Returns whether the artifact set with hash `hash` is complete: its folder has its final
+    /// name and contains every artifact and the manifest.
     pub fn is_complete(&self, set: ArtifactSet, hash: &str) -> bool {
         let dir = self.set_dir(set, hash);
         dir.is_dir()
@@ -138,7 +138,7 @@ pub fn locate() -> Result<GuestImagePaths, ImageError> {
     Cache::from_env()?.locate(&RecipeHashes::embedded())
 }
 
-/// What a build records in a complete artifact set's `manifest.json`.
+/// Contents of a complete artifact set's `manifest.json`, written by its build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// `kernel` or `rootfs`.

@@ -14,9 +14,9 @@ use crate::image::ImageError;
 pub enum DockerImageState {
     /// The engine has the tag.
     Present,
-    /// The engine answers but lacks the tag.
+    /// The engine responds but lacks the tag.
     Missing,
-    /// The engine did not answer; `message` says why and what to do.
+    /// The engine is unreachable. `message` is the driver's error, with what to do.
     EngineUnreachable {
         /// The engine driver's error.
         message: String,

@@ -2,10 +2,10 @@
 //! `guest-images/` and cached by the hash of those recipes.
 //!
 //! Backends call [`locate`] for the paths of the built image. `isobench image build` calls
-//! [`build`], which builds each missing artifact set with its recipe's `build.sh` as a child
-//! process (in parallel: the kernel is CPU-bound, the root filesystem mostly waits on the
-//! Debian archive), then [`import_docker_image`], which streams `rootfs.tar` into the Docker
-//! engine under the tag derived from the image id.
+//! [`build`], which runs each missing artifact set's `build.sh` as a child process. The two
+//! sets build in parallel, because the kernel is CPU-bound and the root filesystem mostly
+//! waits on the Debian archive. Then [`import_docker_image`] streams `rootfs.tar` into the
+//! Docker engine under the tag derived from the image id.
 
 mod build;
 mod cache;
@@ -94,7 +94,7 @@ pub enum ImageError {
         path.display()
     )]
     Io {
-        /// What was being done, such as `creating` or `renaming`.
+        /// The operation, such as `creating` or `renaming`.
         action: &'static str,
         /// The file or folder involved.
         path: PathBuf,
@@ -103,12 +103,12 @@ pub enum ImageError {
         source: std::io::Error,
     },
 
-    /// The Docker engine failed to import `rootfs.tar`, or did not answer.
+    /// The Docker engine failed to import `rootfs.tar`, or was unreachable.
     #[error("importing the guest image into Docker as {tag} failed")]
     DockerImport {
         /// The image tag.
         tag: String,
-        /// The engine driver's error, which says what to do.
+        /// The engine driver's error, which includes what to do.
         #[source]
         source: Box<isobench_container::ContainerError>,
     },

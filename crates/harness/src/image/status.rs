@@ -1,4 +1,4 @@
-//! What the cache holds for the guest image this binary's recipes describe.
+//! State of the cache for the guest image this binary's recipes describe.
 
 use std::path::{Path, PathBuf};
 
