@@ -252,7 +252,7 @@ async fn select_backends(settings: &Settings) -> anyhow::Result<Selection> {
                     selection.docker = Some(DockerInfo {
                         engine_version: version.engine.clone(),
                         api_version: version.api.clone(),
-                        cgroup_version: None,
+                        cgroup_version: Some(host_cgroup_version().into()),
                     });
                     Ok(direct(Arc::new(docker)))
                 }
@@ -283,6 +283,16 @@ async fn select_backends(settings: &Settings) -> anyhow::Result<Selection> {
         );
     }
     Ok(selection)
+}
+
+/// cgroup version the host mounts at `/sys/fs/cgroup`, which the Docker engine follows: `2`
+/// for the unified hierarchy, `1` for the legacy or hybrid layout.
+fn host_cgroup_version() -> &'static str {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "2"
+    } else {
+        "1"
+    }
 }
 
 fn direct(backend: Arc<dyn Backend>) -> PlannedBackend {

@@ -10,8 +10,10 @@ use crate::results::{EventRecord, PhaseRecord};
 /// Event at which the Jupyter kernel is ready; the last phase ends here.
 pub const READY_EVENT: &str = "ready";
 
-/// Events recorded on the way to ready that split no phase: they are parts of `kernel_ready`.
-const READY_DETAIL_EVENTS: [&str; 2] = ["kernel_info_reply", "first_status"];
+/// Events recorded on the way to ready that split no phase: they are parts of `kernel_ready`,
+/// which runs from the Jupyter kernel's exec to ready on every backend. `kernel_listening` is
+/// the `process` backend's observation that the kernel's ports accept connections.
+const READY_DETAIL_EVENTS: [&str; 3] = ["kernel_info_reply", "first_status", "kernel_listening"];
 
 /// Name of the phase that ends at `event` for a backend of `kind`.
 pub fn phase_name(kind: BackendKind, event: &str) -> String {
@@ -25,6 +27,7 @@ pub fn phase_name(kind: BackendKind, event: &str) -> String {
         (BackendKind::Docker, "container_started" | "started") => "start",
         (BackendKind::Docker, "init_started") => "start_to_entrypoint",
         (BackendKind::Docker, "exec_kernel") => "entrypoint",
+        (BackendKind::Process, "mounts_done") => "chroot_setup",
         (BackendKind::Process, "spawned" | "process_spawned") => "spawn",
         (BackendKind::Process, "init_started") => "spawn",
         (BackendKind::Process, "exec_kernel") => "entrypoint",
@@ -135,6 +138,18 @@ mod tests {
         assert_eq!(phases.len(), 2);
         assert_eq!(phases[0].name, "spawn");
         assert_eq!(phases[0].end_s, 0.02);
+    }
+
+    #[test]
+    fn kernel_listening_splits_no_phase() {
+        let events = events(&[
+            ("exec_kernel", 0.1),
+            ("kernel_listening", 0.6),
+            ("ready", 0.62),
+        ]);
+        let phases = derive_phases(BackendKind::Process, &events);
+        assert_eq!(phases.last().unwrap().name, "kernel_ready");
+        assert_eq!(phases.last().unwrap().start_s, 0.1);
     }
 
     #[test]

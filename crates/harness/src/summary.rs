@@ -18,6 +18,10 @@ use crate::stats::{paired_ratios, Bootstrap, Estimate, Percentiles};
 /// Name of the baseline every ratio divides by.
 pub const BASELINE: &str = "process";
 
+/// Fewest pairs with which two backends are ranked; below it the bootstrap interval of a
+/// median of ratios is too unstable to trust.
+pub const MIN_RANKING_PAIRS: usize = 5;
+
 /// Figures that are compared pair by pair between backends.
 const COMPARED_FIGURES: [&str; 3] = ["launch_to_ready", "host_delta", "cell:trivial"];
 
@@ -520,9 +524,16 @@ fn compare_pairs(
                 let Some(ratio) = Estimate::of(&paired_ratios(own, theirs), bootstrap) else {
                     continue;
                 };
-                let ranked = !ratio.interval_contains(1.0);
+                let enough = ratio.count >= MIN_RANKING_PAIRS;
+                let ranked = enough && !ratio.interval_contains(1.0);
                 let percent = (bootstrap.confidence * 100.0).round();
-                let note = if ranked {
+                let note = if !enough {
+                    format!(
+                        "{figure}: {} and {} are not ranked: {} pairs, and ranking needs at \
+                         least {MIN_RANKING_PAIRS} (run more --trials)",
+                        backend.backend, other.backend, ratio.count
+                    )
+                } else if ranked {
                     let relation = if ratio.median > 1.0 {
                         "higher"
                     } else {
@@ -671,6 +682,18 @@ mod tests {
             .unwrap();
         assert!(!comparison.ranked, "{}", comparison.note);
         assert!(comparison.note.contains("cannot be ranked"));
+    }
+
+    #[test]
+    fn few_pairs_are_not_ranked() {
+        let summary = RunSummary::of(&fixture::results(3), &Bootstrap::default());
+        let comparison = summary
+            .comparisons
+            .iter()
+            .find(|c| c.figure == "launch_to_ready")
+            .unwrap();
+        assert!(!comparison.ranked, "{}", comparison.note);
+        assert!(comparison.note.contains("3 pairs"), "{}", comparison.note);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub const HOST_MEMORY_FIGURES: [&str; 5] = [
     "cgroup_usage",
 ];
 
+/// Shortest median phase drawn in the startup phases chart, in seconds.
+const MIN_DRAWN_PHASE_S: f64 = 0.001;
+
 /// One chart of the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Chart {
@@ -107,9 +110,12 @@ fn startup_phases(
         if backend.phases.is_empty() {
             continue;
         }
+        // Phases whose median is below a millisecond would be invisible slivers with a legend
+        // entry each; they stay in results.json and in the table of every figure.
         let segments = backend
             .phases
             .iter()
+            .filter(|phase| phase.estimate.median >= MIN_DRAWN_PHASE_S)
             .map(|phase| {
                 let index = match series.iter().position(|name| *name == phase.name) {
                     Some(index) => index,

@@ -351,6 +351,24 @@ fn all_figures_table(summary: &RunSummary) -> String {
             );
         }
     }
+    for backend in &summary.backends {
+        for phase in &backend.phases {
+            let estimate = phase.estimate;
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td><code>phase:{}</code></td><td class=\"number\">{}</td><td class=\"number\">{} to {}</td>\
+                 <td class=\"number\">{}</td><td class=\"number\">{}</td><td class=\"number\">{}</td><td class=\"number\">–</td></tr>",
+                escape(&backend.backend),
+                escape(&phase.name),
+                escape(&format_seconds(estimate.median)),
+                escape(&format_seconds(estimate.ci_low)),
+                escape(&format_seconds(estimate.ci_high)),
+                escape(&format_seconds(estimate.min)),
+                escape(&format_seconds(estimate.max)),
+                estimate.count,
+            );
+        }
+    }
     html.push_str("</tbody></table></details>");
     html
 }
