@@ -1,0 +1,217 @@
+//! End-to-end tests of `isobench compare`: flag errors, and Ctrl-C during a real run of the
+//! `process` and `docker` backends.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use isobench_harness::results::{Results, TrialOutcome};
+
+fn isobench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_isobench"))
+}
+
+/// Runs `isobench compare ARGS` and returns its exit code and standard error.
+fn compare_error(args: &[&str]) -> (i32, String) {
+    let output = isobench().arg("compare").args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn zero_trials_is_rejected() {
+    let (code, stderr) = compare_error(&["--trials", "0"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("invalid --trials 0"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one-line error: {stderr}");
+}
+
+#[test]
+fn unknown_backend_is_rejected() {
+    let (code, stderr) = compare_error(&["--backends", "process,vmware"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("vmware"), "{stderr}");
+}
+
+#[test]
+fn small_memory_is_rejected() {
+    let (code, stderr) = compare_error(&["--memory-mib", "16"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("invalid --memory-mib 16"), "{stderr}");
+}
+
+#[test]
+fn missing_suite_is_rejected() {
+    let (code, stderr) = compare_error(&["--suite", "/nonexistent/suite.toml"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("/nonexistent/suite.toml"), "{stderr}");
+}
+
+#[test]
+fn invalid_suite_is_rejected() {
+    let directory = tempfile::tempdir().unwrap();
+    let suite = directory.path().join("suite.toml");
+    fs::write(&suite, "name = \"empty\"\ncell = []\n").unwrap();
+    let (code, stderr) = compare_error(&["--suite", suite.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no cells"), "{stderr}");
+}
+
+/// Why the end-to-end run cannot happen here, if it cannot.
+fn missing_prerequisite() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and only returns the caller's effective user id.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root for chroot and mount".into());
+    }
+    if let Err(error) = isobench_harness::image::locate() {
+        return Some(format!(
+            "guest image not built ({error}); run `isobench image build`"
+        ));
+    }
+    let docker = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output();
+    match docker {
+        Ok(output) if output.status.success() => None,
+        _ => Some("no Docker engine answers".into()),
+    }
+}
+
+fn docker_ids(kind: &str, run_id: &str) -> Vec<String> {
+    let filter = format!("label=isobench.run-id={run_id}");
+    let args: Vec<&str> = match kind {
+        "container" => vec!["ps", "--all", "--quiet", "--filter", &filter],
+        _ => vec!["network", "ls", "--quiet", "--filter", &filter],
+    };
+    let output = Command::new("docker").args(&args).output().unwrap();
+    assert!(output.status.success(), "docker {args:?} failed");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Processes whose root is a `process` backend trial folder, and mounts under such folders.
+fn process_backend_leftovers() -> Vec<String> {
+    let mut leftovers = Vec::new();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in mountinfo
+        .lines()
+        .filter(|line| line.contains("isobench-process-"))
+    {
+        leftovers.push(format!("mount: {line}"));
+    }
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(root) = fs::read_link(entry.path().join("root")) else {
+            continue;
+        };
+        if root.to_string_lossy().contains("isobench-process-") {
+            leftovers.push(format!(
+                "process {:?} rooted at {}",
+                entry.file_name(),
+                root.display()
+            ));
+        }
+    }
+    leftovers
+}
+
+fn read_results(path: &Path) -> Option<Results> {
+    path.exists().then(|| Results::read(path).ok()).flatten()
+}
+
+#[test]
+fn ctrl_c_keeps_trials_and_leaves_nothing() {
+    if let Some(reason) = missing_prerequisite() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("report");
+    let results_path = out.join("results.json");
+    let mut child = isobench()
+        .args([
+            "compare",
+            "--backends",
+            "process,docker",
+            "--trials",
+            "30",
+            "--warmup",
+            "0",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Wait for two finished trials, then interrupt the third as Ctrl-C would.
+    let started = Instant::now();
+    let run_id = loop {
+        if let Some(results) = read_results(&results_path) {
+            if results.trials.len() >= 2 {
+                break results.run.run_id;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "compare exited early with {status}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no trial finished in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: kill only sends a signal to the child this test spawned and still owns.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "exit after Ctrl-C: {stderr}"
+    );
+
+    let results = Results::read(&results_path).unwrap();
+    assert!(
+        results.run.interrupted,
+        "results.json marks the run interrupted"
+    );
+    assert!(results.trials.len() >= 2, "finished trials are kept");
+    assert!(results.trials.len() < 60, "no trial started after Ctrl-C");
+    let completed = results
+        .trials
+        .iter()
+        .filter(|t| t.outcome == TrialOutcome::Completed)
+        .count();
+    assert!(completed >= 2, "{completed} completed trials");
+    assert!(
+        out.join("index.html").is_file(),
+        "the report covers the finished trials"
+    );
+
+    assert_eq!(
+        docker_ids("container", &run_id),
+        Vec::<String>::new(),
+        "containers left"
+    );
+    assert_eq!(
+        docker_ids("network", &run_id),
+        Vec::<String>::new(),
+        "networks left"
+    );
+    assert_eq!(process_backend_leftovers(), Vec::<String>::new());
+}
