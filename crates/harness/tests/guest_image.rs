@@ -234,6 +234,15 @@ fn entrypoint_rejects_invalid_ip_and_key() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid ISOBENCH_KEY"));
 }
 
+/// Five loopback ports that were free a moment ago: the kernel picks them, the test releases
+/// them for the Jupyter kernel.
+fn free_loopback_ports() -> [u16; 5] {
+    let listeners: Vec<std::net::TcpListener> = (0..5)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|index| listeners[index].local_addr().unwrap().port())
+}
+
 /// Runs the entrypoint under `chroot` until the Jupyter kernel rewrote its connection file,
 /// then stops it.
 #[test]
@@ -245,6 +254,8 @@ fn entrypoint_starts_jupyter_kernel_in_chroot() {
         .tempdir_in(image.rootfs_tree.join("tmp"))
         .unwrap();
     let inside = Path::new("/tmp").join(runtime.path().file_name().unwrap());
+    let free_ports = free_loopback_ports();
+    let ports = free_ports.map(|port| port.to_string()).join(",");
     let mut child = Command::new("chroot")
         .arg(&image.rootfs_tree)
         .arg("/sbin/isobench-init")
@@ -252,7 +263,7 @@ fn entrypoint_starts_jupyter_kernel_in_chroot() {
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("ISOBENCH_IP", "127.0.0.1")
         .env("ISOBENCH_KEY", "00ff")
-        .env("ISOBENCH_PORTS", "47011,47012,47013,47014,47015")
+        .env("ISOBENCH_PORTS", &ports)
         .env("ISOBENCH_RUNTIME_DIR", &inside)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -286,8 +297,8 @@ fn entrypoint_starts_jupyter_kernel_in_chroot() {
     let connection: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(connection["ip"], "127.0.0.1");
     assert_eq!(connection["key"], "00ff");
-    assert_eq!(connection["shell_port"], 47011);
-    assert_eq!(connection["hb_port"], 47015);
+    assert_eq!(connection["shell_port"], free_ports[0]);
+    assert_eq!(connection["hb_port"], free_ports[4]);
     for folder in ["home", "jupyter", "ipython"] {
         assert!(runtime.path().join(folder).is_dir(), "{folder}");
     }
