@@ -75,7 +75,12 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     );
 
     if !args.no_docker {
-        let spinner = progress.spinner(format!("importing rootfs.tar as {}", paths.docker_tag));
+        let message = format!("importing rootfs.tar as {}", paths.docker_tag);
+        if progress.plain {
+            eprintln!("docker {message}");
+        }
+        let spinner = progress.spinner(message);
+        spinner.set_prefix("docker");
         let imported = runtime()?.block_on(image::import_docker_image(paths));
         spinner.finish_and_clear();
         match imported? {
