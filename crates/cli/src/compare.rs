@@ -44,7 +44,7 @@ const MAX_VCPUS: u32 = 32;
 /// Pause between ready and the idle memory sample.
 const IDLE_SETTLE: Duration = Duration::from_millis(500);
 
-/// Where the microVM backend runs.
+/// Execution host of the microVM backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MicrovmHost {
     /// On this host's own KVM; real figures need hardware virtualisation.
@@ -80,7 +80,7 @@ pub struct CompareArgs {
     /// Default: reports/<UTC timestamp>/ under the current folder.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Where the microVM runs. Default: direct on a host with hardware KVM; elsewhere the
+    /// Execution host of the microVM. Default: direct on a host with hardware KVM; elsewhere the
     /// microVM is skipped unless `emulated` is given.
     #[arg(long, value_enum)]
     microvm_host: Option<MicrovmHost>,

@@ -66,7 +66,8 @@ pub async fn run(
     // Every backend cleans up what it kept across trials, also after an error or Ctrl-C.
     for planned in &plan.backends {
         if let Err(error) = planned.backend.finish().await {
-            tracing::error!(backend = planned.backend.name(), %error, "cleanup after the run failed");
+            let backend = planned.backend.name();
+            tracing::error!(backend, %error, "cleanup after the run failed");
         }
     }
     outcome?;

@@ -155,8 +155,17 @@ fn metadata_table(results: &Results) -> String {
             .collect::<Vec<_>>()
             .join("; ")
     };
+    let finished = run.finished_at.as_deref().unwrap_or("not finished");
+    let interrupted = if run.interrupted {
+        "yes: Ctrl-C, the trials so far are kept"
+    } else {
+        "no"
+    };
     let rows = [
-        ("CPU", format!("{} ({} logical cores)", host.cpu_model, host.logical_cores)),
+        (
+            "CPU",
+            format!("{} ({} logical cores)", host.cpu_model, host.logical_cores),
+        ),
         ("Memory", format_mib(host.memory_total_bytes as f64)),
         ("Host kernel", host.host_kernel.clone()),
         ("Host is a virtual machine", host_vm),
@@ -170,16 +179,29 @@ fn metadata_table(results: &Results) -> String {
                 run.isobench_revision.as_deref().unwrap_or("unknown")
             ),
         ),
-        ("Run", format!("{}, started {}, finished {}", run.run_id, run.started_at, run.finished_at.as_deref().unwrap_or("not finished"))),
-        ("Interrupted", if run.interrupted { "yes: Ctrl-C, the trials so far are kept".into() } else { "no".into() }),
+        (
+            "Run",
+            format!(
+                "{}, started {}, finished {finished}",
+                run.run_id, run.started_at
+            ),
+        ),
+        ("Interrupted", interrupted.into()),
         ("Command line", run.command_line.join(" ")),
         ("Guest image", run.image_id.clone()),
         (
             "Settings",
             format!(
-                "{} trials and {} warm-up rounds per backend; {} vCPU, {} MiB; suite {}; ready deadline {} s, trial deadline {} s, idle settle {} s",
-                config.trials, config.warmup, config.vcpus, config.memory_mib, config.suite,
-                config.ready_deadline_s, config.trial_deadline_s, config.idle_settle_s
+                "{} trials and {} warm-up rounds per backend; {} vCPU, {} MiB; suite {}; \
+                 ready deadline {} s, trial deadline {} s, idle settle {} s",
+                config.trials,
+                config.warmup,
+                config.vcpus,
+                config.memory_mib,
+                config.suite,
+                config.ready_deadline_s,
+                config.trial_deadline_s,
+                config.idle_settle_s
             ),
         ),
         ("Backends skipped", skipped),
@@ -234,16 +256,20 @@ fn summary_table(summary: &RunSummary) -> String {
         let trivial = backend.cell("trivial").and_then(|cell| cell.latency);
         let _ = write!(
             html,
-            "<tr><td>{name}</td><td>{trials}</td><td class=\"number\">{}</td><td class=\"number\">{}</td>\
-             <td class=\"number\">{}</td><td class=\"number\">{}</td><td class=\"number\">{}</td>\
-             <td class=\"number\">{}</td><td class=\"number\">{}</td></tr>",
+            "<tr><td>{name}</td><td>{trials}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td></tr>",
             estimate_cell(ready, format_seconds),
             ratio_cell(backend, ready),
             estimate_cell(delta, format_mib),
             ratio_cell(backend, delta),
             estimate_cell(backend.figure("host_pss"), format_mib),
-            trivial.map(|p| format_seconds(p.p50)).unwrap_or_else(|| "–".into()),
-            trivial.map(|p| format_seconds(p.p99)).unwrap_or_else(|| "–".into()),
+            trivial
+                .map(|p| format_seconds(p.p50))
+                .unwrap_or_else(|| "–".into()),
+            trivial
+                .map(|p| format_seconds(p.p99))
+                .unwrap_or_else(|| "–".into()),
         );
     }
     html.push_str("</tbody></table></div>");
@@ -316,7 +342,10 @@ fn notes(results: &Results, summary: &RunSummary) -> String {
         html.push_str("</ul>");
     }
     if results.run.interrupted {
-        html.push_str("<p class=\"failed\">The run was interrupted; the figures cover the trials finished before.</p>");
+        html.push_str(
+            "<p class=\"failed\">The run was interrupted; the figures cover the trials \
+             finished before.</p>",
+        );
     }
     html
 }
@@ -337,8 +366,8 @@ fn all_figures_table(summary: &RunSummary) -> String {
             let estimate = figure.estimate;
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td><code>{}</code></td><td class=\"number\">{}</td><td class=\"number\">{} to {}</td>\
-                 <td class=\"number\">{}</td><td class=\"number\">{}</td><td class=\"number\">{}</td><td class=\"number\">{}</td></tr>",
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{} to {}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&backend.backend),
                 escape(&figure.name),
                 escape(&format(estimate.median)),
@@ -347,7 +376,10 @@ fn all_figures_table(summary: &RunSummary) -> String {
                 escape(&format(estimate.min)),
                 escape(&format(estimate.max)),
                 estimate.count,
-                figure.ratio_to_baseline.map(|ratio| format_ratio(&ratio)).unwrap_or_else(|| "–".into()),
+                figure
+                    .ratio_to_baseline
+                    .map(|ratio| format_ratio(&ratio))
+                    .unwrap_or("–".into()),
             );
         }
     }
@@ -356,8 +388,8 @@ fn all_figures_table(summary: &RunSummary) -> String {
             let estimate = phase.estimate;
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td><code>phase:{}</code></td><td class=\"number\">{}</td><td class=\"number\">{} to {}</td>\
-                 <td class=\"number\">{}</td><td class=\"number\">{}</td><td class=\"number\">{}</td><td class=\"number\">–</td></tr>",
+                "<tr><td>{}</td><td><code>phase:{}</code></td><td>{}</td><td>{} to {}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td><td>–</td></tr>",
                 escape(&backend.backend),
                 escape(&phase.name),
                 escape(&format_seconds(estimate.median)),
