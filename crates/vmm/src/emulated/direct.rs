@@ -30,7 +30,7 @@ impl CommandProcess {
         if unsafe { libc::waitid(libc::P_PID, pid, &mut info, flags) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: waitid succeeded, so `info` holds either zeros (no state change yet) or the
+        // SAFETY: waitid succeeded, so `info` contains either zeros (no state change yet) or the
         // child's state, and si_pid is valid to read in both cases.
         Ok(unsafe { info.si_pid() } != 0)
     }

@@ -70,13 +70,13 @@ pub enum EmulatedError {
     KernelPackageIncomplete {
         /// The package file name.
         package: String,
-        /// What was looked for.
+        /// The missing file or folder.
         what: String,
     },
     /// A file or folder could not be read or written.
     #[error("{action} {}", path.display())]
     Io {
-        /// What was being done, e.g. "cannot read".
+        /// The failed action, e.g. "cannot read".
         action: &'static str,
         /// The file or folder.
         path: PathBuf,
@@ -105,7 +105,7 @@ pub enum EmulatedError {
          last status record: {last_record})"
     )]
     NoExitStatus {
-        /// How QEMU ended, with the last line of its stderr.
+        /// QEMU's exit status, with the last line of its stderr.
         qemu_status: String,
         /// The last status record received, or "none".
         last_record: String,
@@ -151,7 +151,7 @@ pub struct CarriedFile {
     pub source: PathBuf,
     /// Absolute path of the copy inside the emulated host.
     pub path: String,
-    /// Name of an environment variable the command sees with the file's path: the path inside
+    /// Name of an environment variable the command receives with the file's path: the path inside
     /// the emulated host, or [`CarriedFile::source`] on a direct host.
     pub env: Option<String>,
     /// Whether to carry the shared libraries `ldd` lists for the file too, at their own paths.
@@ -187,7 +187,7 @@ pub struct CarriedDisk {
     pub source: PathBuf,
     /// Whether the emulated host may only read it.
     pub read_only: bool,
-    /// Name of an environment variable the command sees with the disk's path: its block
+    /// Name of an environment variable the command receives with the disk's path: its block
     /// device inside the emulated host (`/dev/vda`, ...), or [`CarriedDisk::source`] on a
     /// direct host.
     pub env: String,
@@ -228,7 +228,7 @@ impl EmulatedRun {
     }
 }
 
-/// What a run produced.
+/// Output of a run.
 #[derive(Debug, Clone, Default)]
 pub struct EmulatedOutput {
     /// The command's exit status as `sh` reports it (128 + N for signal N).
@@ -276,7 +276,7 @@ impl EmulatedHost {
         })
     }
 
-    /// The outer machine's kernel (`vmlinuz` of the cloud kernel package).
+    /// Returns the path of the outer machine's kernel (`vmlinuz` of the cloud kernel package).
     pub fn kernel(&self) -> &Path {
         &self.kernel
     }
@@ -288,7 +288,7 @@ impl EmulatedHost {
     }
 }
 
-/// Where commands that need hardware-style KVM run.
+/// The host on which commands that need hardware-style KVM run.
 #[derive(Debug, Clone)]
 pub enum KvmHost {
     /// On this host: its processor has hardware virtualization.
