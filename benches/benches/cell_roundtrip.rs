@@ -1,3 +1,310 @@
-//! Placeholder until this benchmark is written.
+//! Round trip of the trivial cell (`1 + 1`) with isobench's Jupyter client, next to Python's
+//! `jupyter_client` from the guest image, both against the same ipykernel in the same run.
+//!
+//! One kernel is launched with the `process` backend. A round trip is `execute_request` sent
+//! until both `execute_reply` and the IOPub `idle` with that parent arrived, for both clients.
+//! Besides criterion's own measurement of each client, the two are run in interleaved blocks
+//! (A B A B ...) and the p50 and p99 of each are printed with the git revision, date and host,
+//! because criterion measures one benchmark after the other. The target is a p50 of our client
+//! at most half of `jupyter_client`'s.
+//!
+//! Needs root and the guest image's root filesystem (`isobench image build`); without them the
+//! benchmark prints why and measures nothing.
 
-fn main() {}
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use isobench_harness::backend::process::ProcessBackend;
+use isobench_harness::backend::{Backend, GuestImagePaths, Instance, JupyterPorts, LaunchSpec};
+use isobench_harness::image::{ArtifactSet, Cache, RecipeHashes};
+use isobench_workload::{ChannelPorts, ConnectionInfo, KernelClient};
+
+/// The trivial cell of the default suite.
+const CODE: &str = "1 + 1";
+
+/// Time allowed for one round trip.
+const CELL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Interleaved blocks per client, and round trips per block; the first few of each block are
+/// dropped because the other client's IOPub messages are still queued then.
+const BLOCKS: usize = 10;
+const BLOCK_ROUND_TRIPS: usize = 100;
+const BLOCK_WARMUP: usize = 5;
+
+/// The Python side: a `jupyter_client.BlockingKernelClient` that reads `N` on standard input,
+/// runs `N` round trips and prints their durations in seconds on one line.
+const PYTHON_CLIENT: &str = r#"
+import json, sys, time
+from jupyter_client import BlockingKernelClient
+
+info = json.loads(sys.argv[1])
+client = BlockingKernelClient()
+client.load_connection_info(info)
+client.start_channels()
+client.wait_for_ready(timeout=60)
+
+def round_trip(code):
+    start = time.perf_counter()
+    msg_id = client.execute(code, store_history=False)
+    reply = idle = False
+    while not (reply and idle):
+        if not reply:
+            msg = client.get_shell_msg(timeout=20)
+            reply = msg["parent_header"].get("msg_id") == msg_id
+        if not idle:
+            while True:
+                msg = client.get_iopub_msg(timeout=20)
+                if (msg["parent_header"].get("msg_id") == msg_id
+                        and msg["msg_type"] == "status"
+                        and msg["content"]["execution_state"] == "idle"):
+                    idle = True
+                    break
+    return time.perf_counter() - start
+
+print("ready", flush=True)
+for line in sys.stdin:
+    count = int(line)
+    print(" ".join(repr(round_trip(sys.argv[2])) for _ in range(count)), flush=True)
+"#;
+
+struct PythonClient {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl PythonClient {
+    /// Starts `python3` from the guest image's tree under `chroot`, connected to the kernel.
+    fn start(tree: &std::path::Path, info: &ConnectionInfo) -> PythonClient {
+        let mut child = Command::new("/usr/sbin/chroot")
+            .arg(tree)
+            .args(["/usr/bin/python3", "-B", "-c", PYTHON_CLIENT])
+            .arg(info.to_json())
+            .arg(CODE)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", "/tmp")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("chroot and python3 start");
+        let input = child.stdin.take().unwrap();
+        let mut output = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "jupyter_client did not get ready");
+        PythonClient {
+            child,
+            input,
+            output,
+        }
+    }
+
+    fn round_trips(&mut self, count: usize) -> Vec<Duration> {
+        writeln!(self.input, "{count}").unwrap();
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        line.split_whitespace()
+            .map(|seconds| Duration::from_secs_f64(seconds.parse().unwrap()))
+            .collect()
+    }
+}
+
+impl Drop for PythonClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rootfs_image() -> Result<GuestImagePaths, String> {
+    let cache = Cache::from_env().map_err(|error| error.to_string())?;
+    let hashes = RecipeHashes::embedded();
+    if !cache.is_complete(ArtifactSet::Rootfs, &hashes.rootfs) {
+        return Err(
+            "the guest image's root filesystem is not built: run `isobench image build`".into(),
+        );
+    }
+    let kernel = cache.set_dir(ArtifactSet::Kernel, &hashes.kernel);
+    let rootfs = cache.set_dir(ArtifactSet::Rootfs, &hashes.rootfs);
+    Ok(GuestImagePaths {
+        id: hashes.image_id.clone(),
+        vmlinux: kernel.join("vmlinux"),
+        bzimage: kernel.join("bzImage"),
+        rootfs_tar: rootfs.join("rootfs.tar"),
+        rootfs_ext4: rootfs.join("rootfs.ext4"),
+        rootfs_tree: rootfs.join("tree"),
+        docker_tag: hashes.docker_tag(),
+    })
+}
+
+async fn launch(image: GuestImagePaths) -> (Box<dyn Instance>, KernelClient, ConnectionInfo) {
+    let ports = ChannelPorts::pick_free_loopback().unwrap();
+    let key = isobench_workload::connection::generate_key().unwrap();
+    let spec = LaunchSpec {
+        run_id: "bench-cell-roundtrip".into(),
+        trial: 0,
+        image,
+        key: key.clone(),
+        ports: JupyterPorts {
+            shell: ports.shell,
+            iopub: ports.iopub,
+            stdin: ports.stdin,
+            control: ports.control,
+            heartbeat: ports.heartbeat,
+        },
+        vcpus: 1,
+        memory_mib: 1024,
+        ready_deadline: Duration::from_secs(60),
+    };
+    let t0 = Instant::now();
+    let instance = ProcessBackend::new().launch(&spec, t0).await.unwrap();
+    let launched = instance.ports();
+    let info = ConnectionInfo {
+        ip: instance.address(),
+        ports: ChannelPorts {
+            shell: launched.shell,
+            iopub: launched.iopub,
+            stdin: launched.stdin,
+            control: launched.control,
+            heartbeat: launched.heartbeat,
+        },
+        key,
+    };
+    let deadline = t0 + spec.ready_deadline;
+    let mut client = KernelClient::connect(&info, deadline).await.unwrap();
+    client.wait_ready(deadline).await.unwrap();
+    (instance, client, info)
+}
+
+/// Times one whole `execute` call, message building included, as the Python side times
+/// `client.execute` and the reads that follow it.
+async fn round_trip(client: &mut KernelClient) -> Duration {
+    let start = Instant::now();
+    let outcome = client.execute(CODE, CELL_TIMEOUT).await.unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(outcome.answer(), "2", "the trivial cell's answer");
+    elapsed
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index]
+}
+
+fn describe(durations: &mut [Duration]) -> String {
+    durations.sort();
+    format!(
+        "p50 {:.3} ms p99 {:.3} ms (n={})",
+        percentile(durations, 0.5).as_secs_f64() * 1e3,
+        percentile(durations, 0.99).as_secs_f64() * 1e3,
+        durations.len()
+    )
+}
+
+fn provenance() -> String {
+    let revision = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .ok()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |count| count.get());
+    format!("revision {revision}, {date}, {cpu}, {cores} cores")
+}
+
+fn cell_roundtrip(criterion: &mut Criterion) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("cell_roundtrip: skipped, the process backend needs root");
+        return;
+    }
+    let image = match rootfs_image() {
+        Ok(image) => image,
+        Err(reason) => {
+            eprintln!("cell_roundtrip: skipped, {reason}");
+            return;
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (instance, mut client, info) = runtime.block_on(launch(image.clone()));
+    let mut python = PythonClient::start(&image.rootfs_tree, &info);
+
+    // Interleaved blocks: the headline comparison.
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..BLOCKS {
+        let block: Vec<Duration> = runtime.block_on(async {
+            let mut block = Vec::with_capacity(BLOCK_ROUND_TRIPS);
+            for _ in 0..BLOCK_ROUND_TRIPS {
+                block.push(round_trip(&mut client).await);
+            }
+            block
+        });
+        ours.extend_from_slice(&block[BLOCK_WARMUP..]);
+        theirs.extend_from_slice(&python.round_trips(BLOCK_ROUND_TRIPS)[BLOCK_WARMUP..]);
+    }
+    let ours_p50 = {
+        ours.sort();
+        percentile(&ours, 0.5)
+    };
+    let theirs_p50 = {
+        theirs.sort();
+        percentile(&theirs, 0.5)
+    };
+    println!("cell_roundtrip ({})", provenance());
+    println!("  isobench client: {}", describe(&mut ours));
+    println!("  jupyter_client:  {}", describe(&mut theirs));
+    println!(
+        "  p50 ratio isobench / jupyter_client: {:.2} (target at most 0.50)",
+        ours_p50.as_secs_f64() / theirs_p50.as_secs_f64()
+    );
+
+    let mut group = criterion.benchmark_group("cell_roundtrip");
+    group.sample_size(30);
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("isobench_client", |bencher| {
+        bencher.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    total += round_trip(&mut client).await;
+                }
+                total
+            })
+        })
+    });
+    group.bench_function("jupyter_client", |bencher| {
+        bencher.iter_custom(|iterations| python.round_trips(iterations as usize).iter().sum())
+    });
+    group.finish();
+
+    drop(python);
+    runtime.block_on(async {
+        let _ = client.shutdown().await;
+        let _ = instance.stop().await;
+    });
+}
+
+criterion_group!(benches, cell_roundtrip);
+criterion_main!(benches);
