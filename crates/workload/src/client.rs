@@ -99,7 +99,7 @@ pub enum ClientError {
     /// The kernel closed its shell connection, which means it exited.
     #[error("kernel closed its connection while {during}: it has probably exited")]
     Disconnected {
-        /// What the client was waiting for.
+        /// The step the client was waiting in.
         during: &'static str,
     },
     /// The kernel was not ready before the deadline.
@@ -114,12 +114,12 @@ pub enum ClientError {
         /// Whether an IOPub `status` arrived.
         status_received: bool,
     },
-    /// A request got no complete answer before its timeout.
+    /// A request got no complete reply before its timeout.
     #[error("{msg_type} got no {missing} within {waited:?}")]
     Timeout {
         /// Request type.
         msg_type: &'static str,
-        /// What did not arrive.
+        /// The message that did not arrive.
         missing: &'static str,
         /// Time waited.
         waited: Duration,
@@ -139,10 +139,10 @@ pub enum ClientError {
     WrongAnswer {
         /// Cell name.
         cell: String,
-        /// What was expected and what arrived.
+        /// The expected and the received value.
         detail: String,
     },
-    /// The kernel answered a control request with an error.
+    /// The kernel replied to a control request with an error.
     #[error("kernel rejected {msg_type}")]
     Rejected {
         /// Request type.
@@ -173,7 +173,7 @@ pub struct ReadyReport {
     pub attempts: u32,
 }
 
-/// How an `execute_request` ended, as the kernel's `execute_reply` says.
+/// Outcome of an `execute_request`, from the kernel's `execute_reply`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecuteStatus {
@@ -199,7 +199,7 @@ pub struct ExecuteOutcome {
     pub reply_at: Instant,
     /// When the IOPub `status: idle` with the request as parent arrived.
     pub idle_at: Instant,
-    /// How the execution ended.
+    /// Outcome of the execution.
     pub status: ExecuteStatus,
     /// Concatenated `stream` output named `stdout`.
     pub stdout: String,
@@ -241,7 +241,7 @@ pub struct CellRun {
 pub struct CellOutcome {
     /// Cell name.
     pub name: String,
-    /// What the cell measures.
+    /// Metric of the cell.
     pub metric: Metric,
     /// Bytes one run moves, for throughput cells.
     pub bytes_per_run: Option<u64>,
@@ -444,9 +444,9 @@ impl KernelClient {
     ///
     /// Both are required because IOPub is a PUB socket that drops messages published before
     /// our subscription reaches it: a kernel that answers on shell may still be invisible on
-    /// IOPub for a while. A kernel that exits meanwhile shows as
-    /// [`ClientError::Disconnected`] if it had been connected; the caller should race this
-    /// call against the backend's exit watch to report a kernel that dies earlier.
+    /// IOPub for a while. A kernel that exits after the client connected ends the wait with
+    /// [`ClientError::Disconnected`]. The caller races this call against the backend's exit
+    /// watch, so that an exit is reported with its status and output.
     pub async fn wait_ready(&mut self, deadline: Instant) -> Result<ReadyReport, ClientError> {
         let started = Instant::now();
         let mut request_ids = HashSet::new();

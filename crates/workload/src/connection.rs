@@ -176,7 +176,7 @@ impl ConnectionInfo {
     }
 
     /// Creates connection parameters from an address given as text, rejecting IPv6 and host
-    /// names with an error that says so.
+    /// names with distinct errors.
     pub fn with_address(
         address: &str,
         ports: ChannelPorts,

@@ -45,12 +45,12 @@ pub enum SuiteError {
         origin: String,
         /// The cell's name.
         cell: String,
-        /// What is wrong and what to change.
+        /// The problem and the fix.
         reason: String,
     },
 }
 
-/// What a cell's answer must be.
+/// Expected answer of a cell.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Expected {
@@ -63,7 +63,7 @@ pub enum Expected {
     StdoutBytes(u64),
 }
 
-/// What a cell measures.
+/// Metric of a cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
@@ -85,7 +85,7 @@ pub struct Cell {
     pub code: String,
     /// The answer the cell must produce.
     pub expect: Expected,
-    /// What the cell measures.
+    /// Metric of the cell.
     pub metric: Metric,
     /// Bytes one run moves, for [`Metric::Throughput`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,7 +117,7 @@ impl Cell {
 
     /// Checks one run's answer. `answer` is the result text, or the trimmed standard output
     /// when the cell has no result; `stdout_bytes` is the length of the whole standard output.
-    /// The error says what was expected and what arrived.
+    /// The error names the expected and the received value.
     pub fn check(&self, answer: &str, stdout_bytes: u64) -> Result<(), String> {
         match &self.expect {
             Expected::Equals(expected) if answer == expected => Ok(()),
@@ -125,7 +125,8 @@ impl Cell {
                 Err(format!("expected {expected:?}, got {:?}", shorten(answer)))
             }
             Expected::Matches(pattern) => {
-                // The pattern was compiled once in `validate`, so this cannot fail there.
+                // Loading a suite validates its patterns, so this fails only for a cell built
+                // in code with an invalid pattern.
                 let regex = Regex::new(pattern).map_err(|error| error.to_string())?;
                 if regex.is_match(answer) {
                     Ok(())

@@ -227,7 +227,7 @@ impl Instance for ProcessInstance {
     async fn memory(&mut self) -> Result<MemorySample, BackendError> {
         let pids = procfs::process_tree(self.kernel.pid);
         let host_pss_bytes = procfs::pss_bytes(&pids);
-        // The chroot shares the host's /proc/meminfo, so this is what the kernel sees too.
+        // The chroot shares the host's /proc/meminfo, so the kernel reads the same figures.
         let meminfo = Path::new("/proc/meminfo");
         let guest_view = procfs::read_kib_field(meminfo, "MemTotal:")
             .zip(procfs::read_kib_field(meminfo, "MemAvailable:"))

@@ -27,7 +27,7 @@ pub enum MountsError {
     /// A `mount(2)` call failed.
     #[error("failed to mount {what} at {target}")]
     Mount {
-        /// What was mounted.
+        /// The mounted file system or tree.
         what: &'static str,
         /// The mount point.
         target: PathBuf,

@@ -15,7 +15,7 @@ const FRAME_END: u8 = 0x1f;
 /// Text that follows [`FRAME_START`] in every marker.
 const MARKER_PREFIX: &[u8] = b"isobench-marker:";
 
-/// Longest frame body accepted; a longer one is treated as ordinary output.
+/// Maximum length of a frame body; a longer one is kept as ordinary output.
 const MAX_FRAME_BYTES: usize = 64;
 
 /// Bytes of ordinary output kept for error messages.

@@ -1,4 +1,4 @@
-//! What `/proc` tells about the `process` baseline's Jupyter kernel: the ports it listens on,
+//! Facts from `/proc` about the `process` baseline's Jupyter kernel: the ports it listens on,
 //! its process tree and that tree's PSS.
 
 use std::collections::HashSet;
