@@ -43,7 +43,9 @@ pub enum BootError {
         detail: String,
     },
     /// The ELF kernel has no PVH entry note.
-    #[error("guest kernel {0} has no PVH entry note: build it with CONFIG_PVH=y or boot its bzImage")]
+    #[error(
+        "guest kernel {0} has no PVH entry note: build it with CONFIG_PVH=y or boot its bzImage"
+    )]
     NoPvhEntry(String),
     /// The command line is invalid or too long.
     #[error("invalid kernel command line: {0} (at most {CMDLINE_CAPACITY} bytes)")]
@@ -79,17 +81,24 @@ pub fn build_cmdline(config: &VmConfig, devices: &[VirtioMmioEntry]) -> Result<C
     let invalid = |error: linux_loader::cmdline::Error| BootError::Cmdline(error.to_string());
     let mut cmdline = Cmdline::new(CMDLINE_CAPACITY).map_err(invalid)?;
     if !config.boot_args.trim().is_empty() {
-        cmdline.insert_str(config.boot_args.trim()).map_err(invalid)?;
+        cmdline
+            .insert_str(config.boot_args.trim())
+            .map_err(invalid)?;
     }
     if config.rootfs.is_some() {
-        cmdline.insert_str("root=/dev/vda rootfstype=ext4").map_err(invalid)?;
+        cmdline
+            .insert_str("root=/dev/vda rootfstype=ext4")
+            .map_err(invalid)?;
         cmdline
             .insert_str(if config.rootfs_writable { "rw" } else { "ro" })
             .map_err(invalid)?;
     }
     if let Some(net) = &config.net {
         // ip=<client>:<server>:<gateway>:<netmask>:<hostname>:<device>:<autoconf>
-        let ip = format!("{}::{}:{}::eth0:off", net.guest_ip, net.host_ip, net.netmask);
+        let ip = format!(
+            "{}::{}:{}::eth0:off",
+            net.guest_ip, net.host_ip, net.netmask
+        );
         cmdline.insert("ip", ip.as_str()).map_err(invalid)?;
     }
     for device in devices {
@@ -265,7 +274,10 @@ mod tests {
         }];
         let cmdline = build_cmdline(&config(), &devices).unwrap();
         let text = cmdline.as_cstring().unwrap().into_string().unwrap();
-        assert!(text.contains("virtio_mmio.device=4K@0xd0000000:5"), "{text}");
+        assert!(
+            text.contains("virtio_mmio.device=4K@0xd0000000:5"),
+            "{text}"
+        );
         assert!(text.contains("ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off"));
         assert!(text.contains("root=/dev/vda"));
         assert!(text.contains(" ro"));

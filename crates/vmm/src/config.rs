@@ -264,7 +264,11 @@ impl VmConfig {
                 mib: self.memory_mib,
             });
         }
-        for arg in self.extra_args.iter().chain(std::iter::once(&self.boot_args)) {
+        for arg in self
+            .extra_args
+            .iter()
+            .chain(std::iter::once(&self.boot_args))
+        {
             if arg.contains(['\0', '\n']) {
                 return Err(ConfigError::InvalidArgument(arg.clone()));
             }

@@ -19,15 +19,15 @@ const TOKEN_SIGNAL: u64 = 1;
 const TOKEN_BACKEND: u64 = 0xffff;
 
 fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data for which all-zero bytes are a valid value.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: sigemptyset and sigaddset only write the set, a valid local value.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in TERMINATION_SIGNALS {
-            libc::sigaddset(&mut set, signal);
-        }
-        set
+    unsafe { libc::sigemptyset(&mut set) };
+    for signal in TERMINATION_SIGNALS {
+        // SAFETY: as above.
+        unsafe { libc::sigaddset(&mut set, signal) };
     }
+    set
 }
 
 /// Blocks [`TERMINATION_SIGNALS`] in the calling thread and every thread it starts later; call
@@ -68,7 +68,8 @@ impl EventLoop {
         let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
         let set = signal_set();
         // SAFETY: signalfd reads `set`; -1 asks for a new descriptor; the result is checked.
-        let signals = check(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+        let signals =
+            check(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
         // SAFETY: `signals` is a new descriptor owned from here on.
         let signals = unsafe { OwnedFd::from_raw_fd(signals) };
 
@@ -79,12 +80,24 @@ impl EventLoop {
             devices,
             queue_fds: Vec::new(),
         };
-        event_loop.add(event_loop.latch.event().as_raw_fd(), TOKEN_LATCH, libc::EPOLLIN as u32)?;
-        event_loop.add(event_loop.signals.as_raw_fd(), TOKEN_SIGNAL, libc::EPOLLIN as u32)?;
+        event_loop.add(
+            event_loop.latch.event().as_raw_fd(),
+            TOKEN_LATCH,
+            libc::EPOLLIN as u32,
+        )?;
+        event_loop.add(
+            event_loop.signals.as_raw_fd(),
+            TOKEN_SIGNAL,
+            libc::EPOLLIN as u32,
+        )?;
         for index in 0..event_loop.devices.len() {
             let (queue_fds, backend) = {
                 let device = lock(&event_loop.devices[index]);
-                let fds: Vec<RawFd> = device.queue_events().iter().map(|e| e.as_raw_fd()).collect();
+                let fds: Vec<RawFd> = device
+                    .queue_events()
+                    .iter()
+                    .map(|e| e.as_raw_fd())
+                    .collect();
                 (fds, device.backend_fd())
             };
             let base = (index as u64 + 1) << 16;
@@ -103,7 +116,9 @@ impl EventLoop {
     fn add(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
         let mut event = libc::epoll_event { events, u64: token };
         // SAFETY: epoll_ctl reads `event`; both descriptors are open.
-        check(unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) })?;
+        check(unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
+        })?;
         Ok(())
     }
 
@@ -112,21 +127,26 @@ impl EventLoop {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
         loop {
             if self.latch.is_set() {
-                return self
-                    .latch
-                    .reason()
-                    .unwrap_or_else(|| ExitReason::EventLoopFailed("stopped without a reason".into()));
+                return self.latch.reason().unwrap_or_else(|| {
+                    ExitReason::EventLoopFailed("stopped without a reason".into())
+                });
             }
             // SAFETY: epoll_wait writes at most `events.len()` entries into `events`.
             let count = unsafe {
-                libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, -1)
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    -1,
+                )
             };
             if count < 0 {
                 let error = io::Error::last_os_error();
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                self.latch.request(ExitReason::EventLoopFailed(format!("epoll_wait: {error}")));
+                self.latch
+                    .request(ExitReason::EventLoopFailed(format!("epoll_wait: {error}")));
                 continue;
             }
             for event in &events[..count as usize] {
@@ -169,7 +189,13 @@ impl EventLoop {
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: read() writes at most `size` bytes into `info`.
-        let n = unsafe { libc::read(self.signals.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        let n = unsafe {
+            libc::read(
+                self.signals.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
         (n == size as isize).then_some(info.ssi_signo as i32)
     }
 }

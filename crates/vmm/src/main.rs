@@ -83,7 +83,8 @@ impl Args {
             prefault: self.prefault,
             hugepages: self.hugepages,
         };
-        if let (Some(tap), Some(guest_ip), Some(host_ip)) = (&self.tap, self.guest_ip, self.host_ip) {
+        if let (Some(tap), Some(guest_ip), Some(host_ip)) = (&self.tap, self.guest_ip, self.host_ip)
+        {
             config.net = Some(NetConfig {
                 tap: tap.clone(),
                 guest_ip,
@@ -134,7 +135,11 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(error) => {
             let _ = error.print();
-            let code = if error.use_stderr() { exit_status::USAGE } else { 0 };
+            let code = if error.use_stderr() {
+                exit_status::USAGE
+            } else {
+                0
+            };
             return ExitCode::from(code as u8);
         }
     };
@@ -148,7 +153,10 @@ fn main() -> ExitCode {
     let events = match event_sink(&args.events) {
         Ok(sink) => Arc::new(sink),
         Err(error) => {
-            eprintln!("isobench-vmm: cannot open events destination {}: {error}", args.events);
+            eprintln!(
+                "isobench-vmm: cannot open events destination {}: {error}",
+                args.events
+            );
             return ExitCode::from(exit_status::SETUP_FAILED as u8);
         }
     };
@@ -163,7 +171,10 @@ fn main() -> ExitCode {
         Err(error) => {
             let message = one_line(&error);
             eprintln!("isobench-vmm: {message}");
-            (format!("setup failed: {message}"), exit_status::SETUP_FAILED)
+            (
+                format!("setup failed: {message}"),
+                exit_status::SETUP_FAILED,
+            )
         }
     };
     events.emit(&Event::VmmExit {

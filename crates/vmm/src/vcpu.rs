@@ -122,7 +122,12 @@ const UNHANDLED_LOG_LIMIT: u64 = 16;
 fn count_unhandled(counter: &AtomicU64, kind: &str, addr: u64, len: usize) {
     let seen = counter.fetch_add(1, Ordering::Relaxed);
     if seen < UNHANDLED_LOG_LIMIT {
-        tracing::debug!(kind, addr = format_args!("{addr:#x}"), len, "access with no device");
+        tracing::debug!(
+            kind,
+            addr = format_args!("{addr:#x}"),
+            len,
+            "access with no device"
+        );
     }
 }
 
@@ -131,7 +136,12 @@ pub fn handle_exit(exit: VcpuExit<'_>, shared: &VcpuShared) -> ExitAction {
     match exit {
         VcpuExit::IoOut(port, data) => {
             if !shared.pio.write(port as u64, data) {
-                count_unhandled(&shared.counters.unhandled_pio, "pio write", port as u64, data.len());
+                count_unhandled(
+                    &shared.counters.unhandled_pio,
+                    "pio write",
+                    port as u64,
+                    data.len(),
+                );
             }
             ExitAction::Continue
         }
@@ -139,13 +149,23 @@ pub fn handle_exit(exit: VcpuExit<'_>, shared: &VcpuShared) -> ExitAction {
             data.fill(0);
             if !shared.pio.read(port as u64, data) {
                 data.fill(0xff);
-                count_unhandled(&shared.counters.unhandled_pio, "pio read", port as u64, data.len());
+                count_unhandled(
+                    &shared.counters.unhandled_pio,
+                    "pio read",
+                    port as u64,
+                    data.len(),
+                );
             }
             ExitAction::Continue
         }
         VcpuExit::MmioWrite(addr, data) => {
             if !shared.mmio.write(addr, data) {
-                count_unhandled(&shared.counters.unhandled_mmio, "mmio write", addr, data.len());
+                count_unhandled(
+                    &shared.counters.unhandled_mmio,
+                    "mmio write",
+                    addr,
+                    data.len(),
+                );
             }
             ExitAction::Continue
         }
@@ -153,16 +173,25 @@ pub fn handle_exit(exit: VcpuExit<'_>, shared: &VcpuShared) -> ExitAction {
             data.fill(0);
             if !shared.mmio.read(addr, data) {
                 data.fill(0xff);
-                count_unhandled(&shared.counters.unhandled_mmio, "mmio read", addr, data.len());
+                count_unhandled(
+                    &shared.counters.unhandled_mmio,
+                    "mmio read",
+                    addr,
+                    data.len(),
+                );
             }
             ExitAction::Continue
         }
         VcpuExit::Intr | VcpuExit::IrqWindowOpen => ExitAction::Continue,
         VcpuExit::Shutdown => ExitAction::Stop(ExitReason::Guest(ShutdownReason::TripleFault)),
         VcpuExit::SystemEvent(kind, _) => match kind {
-            KVM_SYSTEM_EVENT_SHUTDOWN => ExitAction::Stop(ExitReason::Guest(ShutdownReason::Poweroff)),
+            KVM_SYSTEM_EVENT_SHUTDOWN => {
+                ExitAction::Stop(ExitReason::Guest(ShutdownReason::Poweroff))
+            }
             KVM_SYSTEM_EVENT_RESET => ExitAction::Stop(ExitReason::Guest(ShutdownReason::Reset)),
-            KVM_SYSTEM_EVENT_CRASH => ExitAction::Stop(ExitReason::VcpuFailed("guest crash event".into())),
+            KVM_SYSTEM_EVENT_CRASH => {
+                ExitAction::Stop(ExitReason::VcpuFailed("guest crash event".into()))
+            }
             other => ExitAction::Stop(ExitReason::VcpuFailed(format!("system event {other}"))),
         },
         VcpuExit::Hlt => ExitAction::Stop(ExitReason::VcpuFailed(

@@ -4,7 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vm_superio::I8042Device;
@@ -15,7 +18,9 @@ use crate::arch::regs;
 use crate::arch::{cpuid, mptable};
 use crate::boot::{self, BootError, KernelEntry, VirtioMmioEntry};
 use crate::config::{ConfigError, KernelFormat, VmConfig};
-use crate::devices::legacy::{I8042, MarkerPort, ResetTrigger, I8042_PORT, I8042_PORTS, MARKER_PORT};
+use crate::devices::legacy::{
+    MarkerPort, ResetTrigger, I8042, I8042_PORT, I8042_PORTS, MARKER_PORT,
+};
 use crate::devices::serial::{open_console, ConsoleDrain, SerialDevice, COM1_PORT, UART_PORTS};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{regs as mmio_regs, MmioTransport};
@@ -181,10 +186,12 @@ impl Machine {
             // SAFETY: the region is a live mapping of exactly `memory_size` bytes owned by
             // `mem`, which the Machine keeps until the VM is dropped; slots do not overlap
             // because the RAM ranges do not.
-            unsafe { vm.set_user_memory_region(region_info) }.map_err(kvm_error("set memory region"))?;
+            unsafe { vm.set_user_memory_region(region_info) }
+                .map_err(kvm_error("set memory region"))?;
         }
 
-        let latch = Arc::new(ExitLatch::new(events.clone()).map_err(io_error("create an eventfd"))?);
+        let latch =
+            Arc::new(ExitLatch::new(events.clone()).map_err(io_error("create an eventfd"))?);
         let mut machine = Machine {
             kvm,
             vm,
@@ -225,15 +232,19 @@ impl Machine {
         self.vm
             .register_irqfd(&irq, SERIAL_IRQ)
             .map_err(kvm_error("register the serial irqfd"))?;
-        let (writer, drain) = open_console(&config.console).map_err(io_error("open the console"))?;
+        let (writer, drain) =
+            open_console(&config.console).map_err(io_error("open the console"))?;
         self.serial = Arc::new(Mutex::new(SerialDevice::new(irq, writer)));
         self.console_drain = drain;
-        self.pio.insert(COM1_PORT, UART_PORTS, self.serial.clone())?;
+        self.pio
+            .insert(COM1_PORT, UART_PORTS, self.serial.clone())?;
 
         let i8042 = I8042(I8042Device::new(ResetTrigger(self.latch.clone())));
-        self.pio.insert(I8042_PORT, I8042_PORTS, Arc::new(Mutex::new(i8042)))?;
+        self.pio
+            .insert(I8042_PORT, I8042_PORTS, Arc::new(Mutex::new(i8042)))?;
         let marker = MarkerPort::new(self.events.clone());
-        self.pio.insert(MARKER_PORT, 1, Arc::new(Mutex::new(marker)))?;
+        self.pio
+            .insert(MARKER_PORT, 1, Arc::new(Mutex::new(marker)))?;
         Ok(())
     }
 
@@ -249,13 +260,21 @@ impl Machine {
             .map_err(io_error("create a virtio transport"))?;
         for (queue, event) in transport.queue_events().iter().enumerate() {
             self.vm
-                .register_ioevent(event, &IoEventAddress::Mmio(addr + mmio_regs::QUEUE_NOTIFY), queue as u32)
+                .register_ioevent(
+                    event,
+                    &IoEventAddress::Mmio(addr + mmio_regs::QUEUE_NOTIFY),
+                    queue as u32,
+                )
                 .map_err(kvm_error("register a virtio ioeventfd"))?;
         }
         let transport = Arc::new(Mutex::new(transport));
-        self.mmio.insert(addr, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
+        self.mmio
+            .insert(addr, layout::VIRTIO_MMIO_SIZE, transport.clone())?;
         self.transports.push(transport);
-        self.virtio_entries.push(VirtioMmioEntry { addr, irq: irq_line });
+        self.virtio_entries.push(VirtioMmioEntry {
+            addr,
+            irq: irq_line,
+        });
         Ok(())
     }
 
@@ -266,9 +285,19 @@ impl Machine {
 
     /// Builds the command line, loads the guest kernel and writes the MP table and the boot
     /// tables.
-    pub fn load_kernel(&self, config: &VmConfig, format: KernelFormat) -> Result<KernelEntry, VmmError> {
+    pub fn load_kernel(
+        &self,
+        config: &VmConfig,
+        format: KernelFormat,
+    ) -> Result<KernelEntry, VmmError> {
         let cmdline = boot::build_cmdline(config, &self.virtio_entries)?;
-        let entry = boot::load(&self.mem, &config.kernel, format, &cmdline, config.memory_bytes())?;
+        let entry = boot::load(
+            &self.mem,
+            &config.kernel,
+            format,
+            &cmdline,
+            config.memory_bytes(),
+        )?;
         mptable::write(&self.mem, self.vcpu_count)?;
         Ok(entry)
     }
@@ -280,9 +309,15 @@ impl Machine {
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_error("get supported CPUID"))?;
-        let msr_list = self.kvm.get_msr_index_list().map_err(kvm_error("get MSR list"))?;
+        let msr_list = self
+            .kvm
+            .get_msr_index_list()
+            .map_err(kvm_error("get MSR list"))?;
         for index in 0..self.vcpu_count {
-            let vcpu = self.vm.create_vcpu(index as u64).map_err(kvm_error("create vCPU"))?;
+            let vcpu = self
+                .vm
+                .create_vcpu(index as u64)
+                .map_err(kvm_error("create vCPU"))?;
             let mut cpuid = supported.clone();
             cpuid::patch(&mut cpuid, index, self.vcpu_count);
             vcpu.set_cpuid2(&cpuid).map_err(kvm_error("set CPUID"))?;
@@ -329,9 +364,139 @@ impl Machine {
 
 /// Builds the VM described by `config`, boots its guest kernel and runs it until it ends.
 pub fn run_vm(config: &VmConfig, events: Arc<EventSink>) -> Result<ExitReason, VmmError> {
+    let started = std::time::Instant::now();
+    let step = |name: &str| {
+        tracing::debug!(
+            step = name,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "setup step done"
+        )
+    };
     let format = config.validate()?;
+    step("validate");
     let mut machine = Machine::create(config, events)?;
+    step("create VM and devices");
     let entry = machine.load_kernel(config, format)?;
+    step("load guest kernel");
     machine.create_vcpus(&entry)?;
+    step("create vCPUs");
     machine.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::path::PathBuf;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::arch::regs::EntryMode;
+    use crate::config::Destination;
+    use crate::events::{Event, ShutdownReason};
+
+    /// Collects event lines in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn events(&self) -> Vec<Event> {
+            let text = String::from_utf8(lock(&self.0).clone()).unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("isobench-vmm-{name}-{}", std::process::id()))
+    }
+
+    /// 32-bit protected-mode code: reads the virtio-mmio magic and prints its low byte on
+    /// COM1, writes marker 1, sets the device status to ACKNOWLEDGE, reads it back and writes
+    /// it as a marker, then pulses the i8042 reset line.
+    const GUEST_CODE: &[u8] = &[
+        0xa1, 0x00, 0x00, 0x00, 0xd0, // mov eax, [0xd0000000]
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xee, // out dx, al
+        0xb0, 0x0a, // mov al, '\n'
+        0xee, // out dx, al
+        0xb0, 0x01, // mov al, 1
+        0x66, 0xba, 0x40, 0x04, // mov dx, 0x440
+        0xee, // out dx, al
+        0xc7, 0x05, 0x70, 0x00, 0x00, 0xd0, 0x01, 0x00, 0x00,
+        0x00, // mov dword [0xd0000070], 1
+        0xa1, 0x70, 0x00, 0x00, 0xd0, // mov eax, [0xd0000070]
+        0xee, // out dx, al
+        0xb0, 0xfe, // mov al, 0xfe
+        0xe6, 0x64, // out 0x64, al
+        0xf4, // hlt
+        0xeb, 0xfd, // jmp hlt
+    ];
+    const CODE_ADDR: u64 = 0x1000;
+
+    #[test]
+    fn guest_code_reaches_every_device_and_resets() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipped: /dev/kvm is missing");
+            return;
+        }
+        let disk = temp_path("disk");
+        std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+        let console = temp_path("console");
+        let mut config = VmConfig::new("unused".into());
+        config.vcpus = 2;
+        config.memory_mib = 32;
+        config.rootfs = Some(disk.clone());
+        config.console = Destination::File(console.clone());
+        let captured = Captured::default();
+        let events = Arc::new(EventSink::new(Box::new(captured.clone())));
+
+        let mut machine = Machine::create(&config, events).unwrap();
+        machine
+            .memory()
+            .write_slice(GUEST_CODE, GuestAddress(CODE_ADDR))
+            .unwrap();
+        let entry = KernelEntry {
+            mode: EntryMode::Pvh,
+            entry: CODE_ADDR,
+            boot_info: 0,
+        };
+        machine.create_vcpus(&entry).unwrap();
+        let reason = machine.run().unwrap();
+
+        assert_eq!(reason, ExitReason::Guest(ShutdownReason::Reset));
+        assert_eq!(reason.status(), 0);
+        assert_eq!(
+            std::fs::read(&console).unwrap(),
+            b"v\n",
+            "low byte of \"virt\""
+        );
+        let events = captured.events();
+        let names: Vec<&str> = events.iter().map(|e| e.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "vcpus_running",
+                "init_started",
+                "init_started",
+                "guest_shutdown"
+            ],
+            "marker 1 twice: once written, once read back from the status register"
+        );
+        let stamps: Vec<u64> = events.iter().map(|e| e.monotonic_us()).collect();
+        assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+        std::fs::remove_file(disk).unwrap();
+        std::fs::remove_file(console).unwrap();
+    }
 }

@@ -215,7 +215,10 @@ mod tests {
         let mut cpuid = with_vendor(b"AuthenticAMD", &leaves);
         assert_eq!(vendor(&cpuid), CpuVendor::Amd);
         patch(&mut cpuid, 1, 2);
-        assert_ne!(find(&cpuid, LEAF_AMD_FEATURES, 0).ecx & AMD_ECX_CMP_LEGACY, 0);
+        assert_ne!(
+            find(&cpuid, LEAF_AMD_FEATURES, 0).ecx & AMD_ECX_CMP_LEGACY,
+            0
+        );
         let sizes = find(&cpuid, LEAF_AMD_SIZE_IDENTIFIERS, 0);
         assert_eq!(sizes.ecx & 0xff, 1, "cores - 1");
         assert_eq!((sizes.ecx >> 12) & 0xf, 1, "core id bits");

@@ -216,16 +216,25 @@ mod tests {
             ("pvh memmap", PVH_MEMMAP_ADDR, pvh_memmap_end),
             ("zero page", ZERO_PAGE_ADDR, ZERO_PAGE_ADDR + ZERO_PAGE_SIZE),
             ("page tables", PML4_ADDR, PD_ADDR + PAGE),
-            ("cmdline", CMDLINE_ADDR, CMDLINE_ADDR + CMDLINE_CAPACITY as u64),
+            (
+                "cmdline",
+                CMDLINE_ADDR,
+                CMDLINE_ADDR + CMDLINE_CAPACITY as u64,
+            ),
             ("mptable", MPTABLE_ADDR, MPTABLE_ADDR + MPTABLE_MAX_SIZE),
         ];
         for (i, a) in ranges.iter().enumerate() {
-            assert!(a.2 <= EBDA_START || a.0 == "mptable", "{} below the EBDA", a.0);
+            assert!(
+                a.2 <= EBDA_START || a.0 == "mptable",
+                "{} below the EBDA",
+                a.0
+            );
             for b in &ranges[i + 1..] {
                 assert!(a.2 <= b.1 || b.2 <= a.1, "{} overlaps {}", a.0, b.0);
             }
         }
-        assert!(BOOT_STACK_ADDR > ZERO_PAGE_ADDR + ZERO_PAGE_SIZE && BOOT_STACK_ADDR < PML4_ADDR);
+        const { assert!(BOOT_STACK_ADDR > ZERO_PAGE_ADDR + ZERO_PAGE_SIZE) };
+        const { assert!(BOOT_STACK_ADDR < PML4_ADDR) };
         assert!(pvh_memmap_end <= ZERO_PAGE_ADDR);
     }
 }

@@ -30,9 +30,8 @@ const PROCESSOR_ENTRY_SIZE: u64 = 20;
 const SMALL_ENTRY_SIZE: u64 = 8;
 /// Bytes of the table besides the processor entries: floating pointer, header, one bus, one
 /// IOAPIC, one interrupt source per IOAPIC pin and the two local interrupt entries.
-const FIXED_SIZE: u64 = FLOATING_POINTER_SIZE
-    + CONFIG_HEADER_SIZE
-    + SMALL_ENTRY_SIZE * (2 + IOAPIC_PINS as u64 + 2);
+const FIXED_SIZE: u64 =
+    FLOATING_POINTER_SIZE + CONFIG_HEADER_SIZE + SMALL_ENTRY_SIZE * (2 + IOAPIC_PINS as u64 + 2);
 
 const SPEC_REVISION: u8 = 4;
 const ENTRY_PROCESSOR: u8 = 0;

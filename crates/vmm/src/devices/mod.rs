@@ -53,8 +53,15 @@ impl Bus {
         len: u64,
         device: Arc<Mutex<dyn BusDevice>>,
     ) -> Result<(), DevicesError> {
-        let end = base.checked_add(len).ok_or(DevicesError::Overlap { base, len })?;
-        if len == 0 || self.entries.iter().any(|e| base < e.base + e.len && e.base < end) {
+        let end = base
+            .checked_add(len)
+            .ok_or(DevicesError::Overlap { base, len })?;
+        if len == 0
+            || self
+                .entries
+                .iter()
+                .any(|e| base < e.base + e.len && e.base < end)
+        {
             return Err(DevicesError::Overlap { base, len });
         }
         self.entries.push(BusEntry { base, len, device });
@@ -63,7 +70,10 @@ impl Bus {
     }
 
     fn find(&self, addr: u64, size: usize) -> Option<(&BusEntry, u64)> {
-        let index = self.entries.partition_point(|e| e.base <= addr).checked_sub(1)?;
+        let index = self
+            .entries
+            .partition_point(|e| e.base <= addr)
+            .checked_sub(1)?;
         let entry = &self.entries[index];
         let offset = addr - entry.base;
         // The whole access must fall inside the device's range.

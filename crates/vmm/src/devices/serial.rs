@@ -110,7 +110,9 @@ impl ConsoleDrain {
 }
 
 /// Opens `destination` and starts its drain thread.
-pub fn open_console(destination: &Destination) -> io::Result<(ConsoleWriter, Option<ConsoleDrain>)> {
+pub fn open_console(
+    destination: &Destination,
+) -> io::Result<(ConsoleWriter, Option<ConsoleDrain>)> {
     let out: Box<dyn Write + Send> = match destination {
         Destination::None => {
             let writer = ConsoleWriter {
@@ -180,7 +182,11 @@ impl SerialDevice {
         self.serial.writer_mut().close();
         let dropped = self.serial.writer().dropped_bytes();
         if dropped > 0 || self.error_count > 0 {
-            tracing::warn!(dropped, errors = self.error_count, "console output was lost");
+            tracing::warn!(
+                dropped,
+                errors = self.error_count,
+                "console output was lost"
+            );
         }
     }
 }
@@ -193,7 +199,10 @@ impl BusDevice for SerialDevice {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() == 1 && offset < UART_PORTS && self.serial.write(offset as u8, data[0]).is_err() {
+        if data.len() == 1
+            && offset < UART_PORTS
+            && self.serial.write(offset as u8, data[0]).is_err()
+        {
             self.error_count += 1;
         }
     }
@@ -224,7 +233,7 @@ mod tests {
         for byte in b"hello\n" {
             serial.write(0, &[*byte]);
         }
-        serial.write(0, &[b'x', b'y']); // a two-byte access is ignored
+        serial.write(0, b"xy"); // a two-byte access is ignored
         serial.close();
         drain.unwrap().join();
         assert_eq!(std::fs::read(&path).unwrap(), b"hello\n");

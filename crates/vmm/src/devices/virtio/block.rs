@@ -130,8 +130,10 @@ pub fn parse_request(descs: &[Desc], mem: &GuestMemoryMmap) -> Result<Request, R
         });
     }
     let device_writes = matches!(kind, VIRTIO_BLK_T_IN | VIRTIO_BLK_T_GET_ID);
-    if matches!(kind, VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_GET_ID)
-        && data.iter().any(|d| d.writable != device_writes)
+    if matches!(
+        kind,
+        VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT | VIRTIO_BLK_T_GET_ID
+    ) && data.iter().any(|d| d.writable != device_writes)
     {
         return Err(malformed("data buffer has the wrong direction"));
     }
@@ -226,7 +228,10 @@ impl Block {
                     if count == 0 {
                         break;
                     }
-                    if mem.write_slice(&self.id[written..written + count], desc.addr).is_err() {
+                    if mem
+                        .write_slice(&self.id[written..written + count], desc.addr)
+                        .is_err()
+                    {
                         return (VIRTIO_BLK_S_IOERR, 0);
                     }
                     written += count;
@@ -238,7 +243,13 @@ impl Block {
     }
 
     /// Moves one buffer between the disk at `offset` and guest memory.
-    fn transfer(&self, mem: &GuestMemoryMmap, desc: &Desc, offset: u64, is_read: bool) -> io::Result<()> {
+    fn transfer(
+        &self,
+        mem: &GuestMemoryMmap,
+        desc: &Desc,
+        offset: u64,
+        is_read: bool,
+    ) -> io::Result<()> {
         let slice = mem
             .get_slice(desc.addr, desc.len as usize)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -248,16 +259,15 @@ impl Block {
         while done < desc.len as usize {
             let remaining = desc.len as usize - done;
             let position = (offset + done as u64) as libc::off_t;
-            // SAFETY: [base, base + len) is one mapped guest RAM slice (get_slice checked it
-            // against the region), kept mapped by `guard`; pread/pwrite only access
-            // `remaining` bytes from `base + done`, inside that slice.
-            let result = unsafe {
-                let ptr = base.add(done);
-                if is_read {
-                    libc::pread(self.disk.as_raw_fd(), ptr.cast(), remaining, position)
-                } else {
-                    libc::pwrite(self.disk.as_raw_fd(), ptr.cast(), remaining, position)
-                }
+            let ptr = base.wrapping_add(done);
+            let result = if is_read {
+                // SAFETY: [base, base + len) is one mapped guest RAM slice (get_slice checked
+                // it against the region), kept mapped by `guard`; pread writes at most
+                // `remaining` bytes from `base + done`, inside that slice.
+                unsafe { libc::pread(self.disk.as_raw_fd(), ptr.cast(), remaining, position) }
+            } else {
+                // SAFETY: as above; pwrite only reads those bytes.
+                unsafe { libc::pwrite(self.disk.as_raw_fd(), ptr.cast(), remaining, position) }
             };
             match result {
                 0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
@@ -274,7 +284,11 @@ impl Block {
     }
 
     /// Processes every available chain of `queue`; returns whether any was completed.
-    pub fn process_queue(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, VirtioError> {
+    pub fn process_queue(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, VirtioError> {
         chain::check_avail_index(queue, mem)?;
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
@@ -308,7 +322,13 @@ impl Block {
         Ok(used)
     }
 
-    fn write_status(&mut self, mem: &GuestMemoryMmap, addr: GuestAddress, status: u8, written: u32) -> u32 {
+    fn write_status(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        addr: GuestAddress,
+        status: u8,
+        written: u32,
+    ) -> u32 {
         match mem.write_obj(status, addr) {
             Ok(()) => written + 1,
             Err(_) => {
@@ -403,7 +423,9 @@ mod tests {
             std::thread::current().id()
         ));
         let mut file = File::create(&path).unwrap();
-        let content: Vec<u8> = (0..sectors * SECTOR_SIZE).map(|i| (i % 251) as u8).collect();
+        let content: Vec<u8> = (0..sectors * SECTOR_SIZE)
+            .map(|i| (i % 251) as u8)
+            .collect();
         file.write_all(&content).unwrap();
         (Block::open(&path, false).unwrap(), path)
     }
@@ -411,7 +433,8 @@ mod tests {
     fn header(mem: &GuestMemoryMmap, kind: u32, sector: u64) {
         mem.write_obj(kind, GuestAddress(HEADER_ADDR)).unwrap();
         mem.write_obj(0u32, GuestAddress(HEADER_ADDR + 4)).unwrap();
-        mem.write_obj(sector, GuestAddress(HEADER_ADDR + 8)).unwrap();
+        mem.write_obj(sector, GuestAddress(HEADER_ADDR + 8))
+            .unwrap();
     }
 
     fn status(mem: &GuestMemoryMmap) -> u8 {
@@ -432,7 +455,11 @@ mod tests {
         assert!(block.process_queue(&mut queue, &mem).unwrap());
         assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
         let first: u8 = mem.read_obj(GuestAddress(DATA_ADDR)).unwrap();
-        assert_eq!(first, (SECTOR_SIZE % 251) as u8, "sector 1 starts at byte 512");
+        assert_eq!(
+            first,
+            (SECTOR_SIZE % 251) as u8,
+            "sector 1 starts at byte 512"
+        );
         assert_eq!(used_len(&mem, 0), SECTOR_SIZE as u32 + 1);
         std::fs::remove_file(path).unwrap();
     }
@@ -466,7 +493,11 @@ mod tests {
         publish(&mem, &[0, 1]);
         assert!(block.process_queue(&mut queue, &mem).unwrap());
         assert_eq!(used_index(&mem), 2);
-        assert_eq!(used_len(&mem, 0), 0, "nothing written for the header-only request");
+        assert_eq!(
+            used_len(&mem, 0),
+            0,
+            "nothing written for the header-only request"
+        );
         assert_eq!(status(&mem), VIRTIO_BLK_S_OK, "the request behind it ran");
         assert_eq!(block.error_count(), 1);
         std::fs::remove_file(path).unwrap();
@@ -540,11 +571,13 @@ mod tests {
         assert_eq!(&id, b"isobench");
 
         header(&mem, 99, 0);
-        mem.write_obj(1u16, GuestAddress(AVAIL_RING + 4 + 2)).unwrap();
+        mem.write_obj(1u16, GuestAddress(AVAIL_RING + 4 + 2))
+            .unwrap();
         write_desc(&mem, 1, STATUS_ADDR, 1, F_WRITE, 0);
         set_avail_index(&mem, 2);
         // Head 0 again: header then (now) the status descriptor at index 1.
-        mem.write_obj(0u16, GuestAddress(AVAIL_RING + 4 + 2)).unwrap();
+        mem.write_obj(0u16, GuestAddress(AVAIL_RING + 4 + 2))
+            .unwrap();
         block.process_queue(&mut queue, &mem).unwrap();
         assert_eq!(status(&mem), VIRTIO_BLK_S_UNSUPP);
         std::fs::remove_file(path).unwrap();

@@ -90,7 +90,8 @@ pub fn check_buffer(mem: &GuestMemoryMmap, addr: GuestAddress, len: u32) -> Resu
     if len == 0 {
         return Ok(());
     }
-    let in_range = addr.checked_add(len as u64 - 1).is_some() && mem.check_range(addr, len as usize);
+    let in_range =
+        addr.checked_add(len as u64 - 1).is_some() && mem.check_range(addr, len as usize);
     if in_range {
         Ok(())
     } else {
@@ -135,7 +136,14 @@ pub mod testing {
     }
 
     /// Writes descriptor `index` of the table.
-    pub fn write_desc(mem: &GuestMemoryMmap, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    pub fn write_desc(
+        mem: &GuestMemoryMmap,
+        index: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
         let base = DESC_TABLE + index as u64 * 16;
         mem.write_obj(addr, GuestAddress(base)).unwrap();
         mem.write_obj(len, GuestAddress(base + 8)).unwrap();
@@ -180,7 +188,9 @@ mod tests {
     const MEM_SIZE: usize = 0x10_0000;
 
     fn first_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Vec<Desc>, ChainError> {
-        let chain = queue.pop_descriptor_chain(mem).expect("a chain is available");
+        let chain = queue
+            .pop_descriptor_chain(mem)
+            .expect("a chain is available");
         collect(chain, mem)
     }
 
@@ -266,7 +276,10 @@ mod tests {
         let mem = memory(MEM_SIZE);
         let queue = queue(4);
         set_avail_index(&mem, 4);
-        assert!(check_avail_index(&queue, &mem).is_ok(), "exactly the queue size");
+        assert!(
+            check_avail_index(&queue, &mem).is_ok(),
+            "exactly the queue size"
+        );
         set_avail_index(&mem, 5);
         assert!(matches!(
             check_avail_index(&queue, &mem),

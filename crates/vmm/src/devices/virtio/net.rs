@@ -75,7 +75,11 @@ pub fn offloads_for(acked_features: u64) -> u32 {
 /// Writes `frame` across the writable buffers of `descs`; returns the bytes written, or
 /// `None` when the buffers are too small or not writable.
 pub fn write_frame(descs: &[Desc], frame: &[u8], mem: &GuestMemoryMmap) -> Option<u32> {
-    let capacity: u64 = descs.iter().filter(|d| d.writable).map(|d| d.len as u64).sum();
+    let capacity: u64 = descs
+        .iter()
+        .filter(|d| d.writable)
+        .map(|d| d.len as u64)
+        .sum();
     if descs.iter().any(|d| !d.writable) || capacity < frame.len() as u64 {
         return None;
     }
@@ -257,7 +261,9 @@ impl VirtioDevice for Net {
         };
         match event {
             DeviceEvent::Queue(TX_INDEX) if tx.ready() => self.transmit(tx, mem),
-            DeviceEvent::Queue(RX_INDEX) | DeviceEvent::Backend if rx.ready() => self.receive(rx, mem),
+            DeviceEvent::Queue(RX_INDEX) | DeviceEvent::Backend if rx.ready() => {
+                self.receive(rx, mem)
+            }
             _ => Ok(false),
         }
     }
@@ -330,7 +336,13 @@ mod tests {
         ];
         write_frame(&descs, &[1, 2, 3, 4, 5, 6], &mem).unwrap();
         let mut out = Vec::new();
-        let readable: Vec<Desc> = descs.iter().map(|d| Desc { writable: false, ..*d }).collect();
+        let readable: Vec<Desc> = descs
+            .iter()
+            .map(|d| Desc {
+                writable: false,
+                ..*d
+            })
+            .collect();
         assert!(gather_frame(&readable, &mem, &mut out));
         assert_eq!(&out[..6], &[1, 2, 3, 4, 5, 6]);
     }

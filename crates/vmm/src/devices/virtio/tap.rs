@@ -179,7 +179,8 @@ impl Tap {
     /// Sets the offloads the reader (the guest) accepts, `TUN_F_*` bits.
     pub fn set_offload(&self, flags: u32) -> Result<(), TapError> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no memory.
-        let result = unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) };
+        let result =
+            unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) };
         if result < 0 {
             return Err(self.ioctl_error("TUNSETOFFLOAD"));
         }
@@ -196,7 +197,12 @@ impl Tap {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    fn interface_ioctl(&self, request: libc::c_ulong, data: &mut IfReq, what: &'static str) -> Result<(), TapError> {
+    fn interface_ioctl(
+        &self,
+        request: libc::c_ulong,
+        data: &mut IfReq,
+        what: &'static str,
+    ) -> Result<(), TapError> {
         let socket = self.control_socket()?;
         // SAFETY: each SIOC* request used here reads or writes one `struct ifreq`, which IfReq
         // matches in size and layout.
