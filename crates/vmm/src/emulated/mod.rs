@@ -28,6 +28,7 @@ mod cache;
 mod cpio;
 mod direct;
 mod initramfs;
+mod program;
 mod qemu;
 mod status;
 
@@ -36,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use cache::default_cache_dir;
+pub use program::ProgramArg;
 
 /// The Debian package whose dependency names the versioned cloud kernel package.
 pub const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
