@@ -122,7 +122,7 @@ impl Container {
         &self.name
     }
 
-    /// The container's address on the run's network, where the Jupyter kernel listens.
+    /// Returns the container's address on the run's network, where the Jupyter kernel listens.
     pub fn address(&self) -> Ipv4Addr {
         self.address
     }
@@ -146,7 +146,7 @@ impl Container {
             .clone()
     }
 
-    /// The last bytes of the container's output so far, lossily decoded.
+    /// Returns the last bytes of the container's output so far, lossily decoded.
     pub fn output_tail(&self) -> String {
         output_text(&self.output)
     }

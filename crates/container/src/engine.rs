@@ -2,10 +2,12 @@
 //! that bounds every call.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
 use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
 use tracing::debug;
 
 use crate::error::ContainerError;
@@ -41,6 +43,8 @@ pub struct Engine {
     version: EngineVersion,
     call_timeout: Duration,
     import_timeout: Duration,
+    /// OCI runtime names, read from the daemon once and shared by clones.
+    runtimes: Arc<OnceCell<Vec<String>>>,
 }
 
 impl Engine {
@@ -82,6 +86,7 @@ impl Engine {
             },
             call_timeout,
             import_timeout: DEFAULT_IMPORT_TIMEOUT,
+            runtimes: Arc::default(),
         };
 
         // The first call decides between "unreachable" and a working daemon; bollard starts
@@ -128,6 +133,10 @@ impl Engine {
 
     pub(crate) fn import_timeout(&self) -> Duration {
         self.import_timeout
+    }
+
+    pub(crate) fn runtime_cache(&self) -> &OnceCell<Vec<String>> {
+        &self.runtimes
     }
 
     pub(crate) fn docker(&self) -> &Docker {

@@ -246,12 +246,20 @@ impl Engine {
         ))
     }
 
-    /// Returns the names of the OCI runtimes the daemon has, such as `runc` and `crun`.
+    /// Returns the names of the OCI runtimes the daemon has, such as `runc` and `crun`. The
+    /// list is read once per connection, because the daemon changes it only on restart.
     pub async fn runtimes(&self) -> Result<Vec<String>, ContainerError> {
-        let info = self.call("info".to_string(), self.docker().info()).await?;
-        let mut names: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
-        names.sort();
-        Ok(names)
+        let names = self
+            .runtime_cache()
+            .get_or_try_init(|| async {
+                let info = self.call("info".to_string(), self.docker().info()).await?;
+                let mut names: Vec<String> =
+                    info.runtimes.unwrap_or_default().into_keys().collect();
+                names.sort();
+                Ok::<_, ContainerError>(names)
+            })
+            .await?;
+        Ok(names.clone())
     }
 
     /// Returns an error naming the daemon's runtimes unless it has a runtime called `runtime`.

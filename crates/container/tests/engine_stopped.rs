@@ -1,7 +1,7 @@
 //! An engine that stops or hangs mid-run gives clear errors, never a hang.
 //!
 //! The shared daemon cannot be stopped here, so the driver talks to it through a Unix-socket
-//! relay owned by the test; stopping the relay closes every connection and removes the socket,
+//! relay owned by the test. Stopping the relay closes every connection and removes the socket,
 //! which is what the client sees when `dockerd` stops. A frozen relay accepts connections but
 //! never forwards, like a hung daemon.
 
@@ -29,8 +29,8 @@ struct Relay {
     path: PathBuf,
     acceptor: JoinHandle<()>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    /// Client sockets a frozen relay holds open without answering.
-    held: Arc<Mutex<Vec<UnixStream>>>,
+    /// Client sockets a frozen relay keeps open without responding.
+    unanswered: Arc<Mutex<Vec<UnixStream>>>,
     frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -41,16 +41,16 @@ impl Relay {
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).unwrap();
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let held: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+        let unanswered: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
         let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acceptor = tokio::spawn({
             let connections = Arc::clone(&connections);
-            let held = Arc::clone(&held);
+            let unanswered = Arc::clone(&unanswered);
             let frozen = Arc::clone(&frozen);
             async move {
                 while let Ok((mut client, _)) = listener.accept().await {
                     if frozen.load(std::sync::atomic::Ordering::SeqCst) {
-                        held.lock().unwrap().push(client);
+                        unanswered.lock().unwrap().push(client);
                         continue;
                     }
                     let task = tokio::spawn(async move {
@@ -66,7 +66,7 @@ impl Relay {
             path,
             acceptor,
             connections,
-            held,
+            unanswered,
             frozen,
         }
     }
@@ -88,7 +88,7 @@ impl Relay {
         self.close_connections();
     }
 
-    /// Acts as a hung daemon: connections are accepted and never answered.
+    /// Acts as a hung daemon: connections are accepted and get no response.
     fn freeze(&self) {
         self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
         self.close_connections();
@@ -98,7 +98,7 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.stop();
-        self.held.lock().unwrap().clear();
+        self.unanswered.lock().unwrap().clear();
     }
 }
 

@@ -109,7 +109,8 @@ async fn sigint_mid_launch_leaves_nothing_after_sweep() {
     }
 }
 
-/// The interrupted run: creates a network, prints a line, launches, then waits to be killed.
+/// Runs the interrupted run: creates a network, prints a line, launches, then waits to be
+/// killed.
 #[tokio::test]
 #[ignore = "helper process of sigint_mid_launch_leaves_nothing_after_sweep"]
 async fn interrupted_run_helper() {
