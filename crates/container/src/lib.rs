@@ -13,7 +13,12 @@
 //! 5. [`Engine::remove_network`] removes the network when the run ends.
 //!
 //! Everything created carries the run id in the label [`RUN_ID_LABEL`] and its creating
-//! process in [`OWNER_LABEL`], so a sweep can tell leftovers from resources still in use.
+//! process in [`OWNER_LABEL`], so a sweep can distinguish leftovers from resources in use.
+//!
+//! Limits: the daemon is reached over `unix://`, `tcp://` or `http://` only (no TLS, no
+//! `ssh://`), networks are IPv4 only, and the owner check assumes every isobench process
+//! shares one PID namespace with the others. The cgroup v2 formulas are unit-tested but were
+//! only run against a real daemon on a cgroup v1 (hybrid) host.
 #![deny(missing_docs)]
 
 mod container;
