@@ -1,12 +1,225 @@
-//! `isobench vm`.
+//! `isobench vm boot`: boots the guest image in the microVM, waits until its Jupyter kernel
+//! answers `kernel_info_request` from the host side of the TAP link, prints the phase timings
+//! and shuts the microVM down.
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use isobench_harness::backend::microvm::{GuestKernel, MicrovmBackend};
+use isobench_harness::backend::{Backend, BackendKind, JupyterPorts, LaunchSpec, PhaseMark};
+use isobench_harness::host::{KvmFlavour, KvmInfo};
+use isobench_harness::image;
+use isobench_harness::phases::phase_name;
+use isobench_workload::connection::generate_key;
+use isobench_workload::{ChannelPorts, ConnectionInfo, KernelClient};
 
 /// Subcommands of `isobench vm`.
 #[derive(clap::Subcommand)]
-pub enum VmCommand {}
+pub enum VmCommand {
+    /// Boots the guest image in the microVM, waits for its Jupyter kernel to answer over the
+    /// network and prints the phase timings.
+    Boot(BootArgs),
+}
+
+/// Where the microVM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VmHost {
+    /// On this host's own /dev/kvm.
+    Direct,
+    /// Inside the emulated hardware-KVM host (QEMU software emulation with nested SVM);
+    /// its timings are emulation timings.
+    Emulated,
+}
+
+/// Which guest kernel file to boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelArg {
+    /// The uncompressed vmlinux through the PVH entry.
+    Vmlinux,
+    /// The bzImage through the Linux 64-bit boot protocol.
+    Bzimage,
+}
+
+/// Flags of `isobench vm boot`.
+#[derive(clap::Args)]
+pub struct BootArgs {
+    /// Where the microVM runs.
+    #[arg(long, value_enum, default_value = "direct")]
+    host: VmHost,
+    /// Guest kernel file to boot.
+    #[arg(long, value_enum, default_value = "vmlinux")]
+    kernel: KernelArg,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    memory: u32,
+    /// Time allowed from launch to a ready Jupyter kernel, in seconds.
+    #[arg(long, default_value_t = 120.0, value_name = "SECONDS")]
+    ready_deadline: f64,
+}
 
 /// Runs `isobench vm`.
 pub fn main(command: VmCommand) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        VmCommand::Boot(args) => boot(args),
+    }
+}
+
+fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
+    if args.host == VmHost::Emulated {
+        anyhow::bail!(
+            "--host emulated is not available yet: the emulated hardware-KVM host is not wired \
+             into `isobench vm boot`; use --host direct on a host with hardware KVM"
+        );
+    }
+    if !(args.ready_deadline > 0.0 && args.ready_deadline.is_finite()) {
+        anyhow::bail!(
+            "--ready-deadline {} is invalid: pass a positive number of seconds",
+            args.ready_deadline
+        );
+    }
+    let kvm = KvmInfo::probe();
+    match kvm.flavour {
+        KvmFlavour::Unavailable => {
+            anyhow::bail!("/dev/kvm is missing: load kvm_intel or kvm_amd (modprobe)")
+        }
+        KvmFlavour::Paravirtual | KvmFlavour::Unknown => eprintln!(
+            "isobench: warning: this host's KVM is {} ({}); a stock guest kernel may not boot in \
+             useful time here",
+            kvm.flavour,
+            kvm.module.as_deref().unwrap_or("unknown module")
+        ),
+        KvmFlavour::Hardware => {}
+    }
+    let image =
+        image::locate().context("the guest image is not usable: run `isobench image build`")?;
+    let kernel = match args.kernel {
+        KernelArg::Vmlinux => GuestKernel::Vmlinux,
+        KernelArg::Bzimage => GuestKernel::BzImage,
+    };
+    let backend = MicrovmBackend::new()?.with_kernel(kernel);
+    let spec = LaunchSpec {
+        run_id: format!("vmboot-{}", std::process::id()),
+        trial: 0,
+        image,
+        key: generate_key()?,
+        ports: JupyterPorts::GUEST_DEFAULT,
+        vcpus: args.vcpus,
+        memory_mib: args.memory,
+        ready_deadline: Duration::from_secs_f64(args.ready_deadline),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(boot_and_wait(&backend, &spec))
+}
+
+async fn boot_and_wait(backend: &MicrovmBackend, spec: &LaunchSpec) -> anyhow::Result<ExitCode> {
+    let t0 = Instant::now();
+    let deadline = t0 + spec.ready_deadline;
+    let mut instance = backend.launch(spec, t0).await?;
+    let info = ConnectionInfo {
+        ip: instance.address(),
+        ports: ChannelPorts {
+            shell: spec.ports.shell,
+            iopub: spec.ports.iopub,
+            stdin: spec.ports.stdin,
+            control: spec.ports.control,
+            heartbeat: spec.ports.heartbeat,
+        },
+        key: spec.key.clone(),
+    };
+    println!(
+        "booting {} with {} vCPU(s) and {} MiB; Jupyter kernel at {}",
+        backend.name(),
+        spec.vcpus,
+        spec.memory_mib,
+        info.ip
+    );
+
+    let ready = async {
+        let mut client = KernelClient::connect(&info, deadline).await?;
+        let report = client.wait_ready(deadline).await?;
+        Ok::<_, isobench_workload::ClientError>((client, report))
+    };
+    let outcome = tokio::select! {
+        result = ready => Some(result),
+        exit = instance.wait_exit() => {
+            eprintln!("isobench: the microVM exited before its Jupyter kernel was ready: {}", exit.status);
+            eprintln!("{}", exit.last_output.trim_end());
+            None
+        }
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("isobench: interrupted");
+            None
+        }
+    };
+    let Some(result) = outcome else {
+        instance.stop().await?;
+        return Ok(ExitCode::FAILURE);
+    };
+    let (client, report) = match result {
+        Ok(ready) => ready,
+        Err(error) => {
+            let exit = instance.stop().await?;
+            let output = exit.map(|e| e.last_output).unwrap_or_default();
+            anyhow::bail!(
+                "the Jupyter kernel did not become ready: {error}\n{}",
+                output.trim_end()
+            );
+        }
+    };
+
+    let mut marks = instance.marks();
+    marks.push(PhaseMark {
+        name: "ready".into(),
+        at: report.ready_at,
+    });
+    print_phases(t0, &marks);
+    if let Ok(sample) = instance.memory().await {
+        let mib = |bytes: Option<u64>| {
+            bytes.map_or("n/a".to_string(), |b| {
+                format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+            })
+        };
+        println!(
+            "memory: VMM overhead {}, host PSS {}",
+            mib(sample.vmm_overhead_bytes),
+            mib(sample.host_pss_bytes)
+        );
+    }
+    let _ = client.shutdown().await;
+    let exit = instance.stop().await?;
+    if let Some(exit) = exit {
+        println!("microVM ended: {}", exit.status);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints each phase mark's time since `t0` and the phase that ends at it.
+fn print_phases(t0: Instant, marks: &[PhaseMark]) {
+    let mut marks: Vec<&PhaseMark> = marks.iter().collect();
+    marks.sort_by_key(|mark| mark.at);
+    println!(
+        "{:<16} {:>12}  {:<14} {:>12}",
+        "event", "at (ms)", "phase", "length (ms)"
+    );
+    let mut previous = t0;
+    for mark in marks {
+        let at = mark.at.saturating_duration_since(t0);
+        let length = mark.at.saturating_duration_since(previous);
+        println!(
+            "{:<16} {:>12.1}  {:<14} {:>12.1}",
+            mark.name,
+            at.as_secs_f64() * 1e3,
+            phase_name(BackendKind::Microvm, &mark.name),
+            length.as_secs_f64() * 1e3
+        );
+        previous = mark.at;
+    }
 }

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod docker;
+pub mod microvm;
 pub mod process;
 
 use std::net::Ipv4Addr;
