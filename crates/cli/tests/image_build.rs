@@ -32,7 +32,7 @@ fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// The single `isobench:` error line of a failed command.
+/// Returns the single `isobench:` error line of a failed command.
 fn error_line(output: &Output) -> String {
     assert!(!output.status.success(), "expected a failure");
     let stderr = stderr_of(output);
@@ -44,8 +44,8 @@ fn error_line(output: &Output) -> String {
     errors[0].to_string()
 }
 
-/// A temporary cache holding hard links to the default cache's guest kernel, so that only the
-/// root filesystem builds.
+/// Creates a temporary cache with hard links to the default cache's guest kernel, so that
+/// only the root filesystem builds.
 fn cache_with_kernel() -> tempfile::TempDir {
     let default = Cache::from_env().unwrap();
     let hashes = RecipeHashes::embedded();
@@ -181,7 +181,7 @@ fn build_without_root_fails() {
     assert!(line.contains("run as root"), "{line}");
 }
 
-/// A folder with links to every program the build runs, except those in `without`.
+/// Creates a folder with links to every program the build runs, except those in `without`.
 fn path_without(without: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (_, tools) in isobench_harness::image::BUILD_TOOLS {

@@ -155,8 +155,8 @@ fn chroot_imports_ipykernel_and_numpy() {
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "6.17.0");
 }
 
-/// Whether an ELF64 little-endian executable has a `PT_INTERP` program header, that is, needs a
-/// dynamic loader.
+/// Returns whether an ELF64 little-endian executable has a `PT_INTERP` program header, that
+/// is, needs a dynamic loader.
 fn has_interpreter(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
     let read_u16 = |at: usize| u16::from_le_bytes([elf[at], elf[at + 1]]) as usize;
