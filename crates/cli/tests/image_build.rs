@@ -171,7 +171,16 @@ fn build_without_root_fails() {
         return;
     }
     let cache = tempfile::tempdir().unwrap();
-    let output = isobench(cache.path(), &["image", "build"])
+    // A copy in a folder anyone can enter, since the checkout may sit below a private home.
+    let bin = tempfile::tempdir().unwrap();
+    let permissions = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(bin.path(), permissions).unwrap();
+    let copy = bin.path().join("isobench");
+    std::fs::copy(ISOBENCH, &copy).unwrap();
+    let output = Command::new(&copy)
+        .args(["image", "build"])
+        .env("ISOBENCH_CACHE_DIR", cache.path())
+        .stdin(Stdio::null())
         .uid(65534)
         .gid(65534)
         .output()
