@@ -77,6 +77,7 @@ fn host_section(anchor: &str, host: &HostSection<'_>) -> String {
     html.push_str(&metadata_table(host.results));
     html.push_str("<h3>Summary</h3>");
     html.push_str(&summary_table(host.summary));
+    html.push_str(&observations_table(host.summary));
     html.push_str(&notes(host.results, host.summary));
 
     let (emulated, direct): (Vec<&Chart>, Vec<&Chart>) =
@@ -274,6 +275,55 @@ fn summary_table(summary: &RunSummary) -> String {
     }
     html.push_str("</tbody></table></div>");
     html
+}
+
+/// Answers of the observation cells per backend, such as the kernel release each workload
+/// sees: the guest kernel's in a microVM, the host's in a container.
+fn observations_table(summary: &RunSummary) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for backend in &summary.backends {
+        for observation in &backend.observations {
+            if !names.contains(&observation.name.as_str()) {
+                names.push(&observation.name);
+            }
+        }
+    }
+    if names.is_empty() {
+        return String::new();
+    }
+    let mut html = String::from(
+        "<h3>Seen from inside the workload</h3><div class=\"table-wrap\"><table \
+         class=\"observations\"><thead><tr><th>Cell</th>",
+    );
+    for backend in &summary.backends {
+        let _ = write!(html, "<th>{}</th>", escape(&backend.backend));
+    }
+    html.push_str("</tr></thead><tbody>");
+    for name in names {
+        let _ = write!(html, "<tr><td><code>{}</code></td>", escape(name));
+        for backend in &summary.backends {
+            let answers = backend
+                .observations
+                .iter()
+                .find(|observation| observation.name == name)
+                .map(|observation| describe_answers(&observation.answers))
+                .unwrap_or_else(|| "–".into());
+            let _ = write!(html, "<td>{}</td>", escape(&answers));
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str("</tbody></table></div>");
+    html
+}
+
+/// Lists a few distinct answers; many (such as a pid per trial) are summarised by count.
+fn describe_answers(answers: &[String]) -> String {
+    const MAX_LISTED: usize = 3;
+    if answers.len() <= MAX_LISTED {
+        answers.join(" / ")
+    } else {
+        format!("{} distinct answers, such as {}", answers.len(), answers[0])
+    }
 }
 
 fn estimate_cell(figure: Option<&Figure>, format: fn(f64) -> String) -> String {

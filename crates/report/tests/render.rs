@@ -89,6 +89,20 @@ fn emulated_backend_is_marked_and_not_compared() {
 }
 
 #[test]
+fn report_shows_observations_per_backend() {
+    let report = Report::build(&[common::results("lab-host", 4)], "2026-12-04").unwrap();
+    assert!(report.html.contains("Seen from inside the workload"));
+    assert!(
+        report.html.contains("6.1.192"),
+        "the microVM's own guest kernel release"
+    );
+    assert!(
+        report.html.contains("6.1.0-host"),
+        "the container's view of the host kernel"
+    );
+}
+
+#[test]
 fn report_shows_failed_trial_cause() {
     let report = Report::build(&[common::results("lab-host", 4)], "2026-12-04").unwrap();
     assert!(report.html.contains("Failed trials"));
