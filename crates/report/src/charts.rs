@@ -152,15 +152,13 @@ fn startup_phases(
         id,
         title: emulation_title("Startup phases: median duration of each phase", emulated),
         svg,
-        explanation: "Each bar splits the time from t0 (just before the launch request) to a \
-            ready Jupyter kernel into phases, each drawn at its median over the trials; the \
-            black tick is the median of the whole launch-to-ready time, which need not equal \
-            the sum of the phase medians. A microVM first sets up its hypervisor process and \
-            boots its own guest kernel (vmm_setup, guest_kernel, guest_init). A container \
-            skips the kernel boot because it shares the host kernel, and pays for namespaces, \
-            cgroups and its root filesystem instead (create, start). The process baseline \
-            pays only for the Python start-up (kernel_ready), which every backend pays too."
-            .into(),
+        explanation:
+            "Time from t0 to a ready Jupyter kernel, split into phases at their medians; the \
+            black tick is the median total. A microVM boots its own guest kernel first \
+            (vmm_setup, guest_kernel, guest_init). A container shares the host kernel and \
+            pays for namespaces and cgroups instead (create, start). Every backend pays the \
+            Python start-up (kernel_ready)."
+                .into(),
         emulated,
     }))
 }
@@ -201,13 +199,11 @@ fn startup_distribution(
         id,
         title: emulation_title("Launch-to-ready time of every trial", emulated),
         svg,
-        explanation: "Each dot is one trial, the black bar is the median, the shaded box its \
-            95% bootstrap interval and the thin line runs from the fastest to the slowest \
-            trial. Where two boxes overlap, the run cannot tell those backends apart on \
-            startup; the notes under the summary table say which pairs can be ranked. A wide \
-            spread for the microVM comes from the guest kernel's boot, which depends on the \
-            host's load; a container's spread follows the container engine's work."
-            .into(),
+        explanation:
+            "One dot per trial; black bar: median; shaded box: its 95% interval; thin line: \
+            fastest to slowest. Overlapping boxes mean the run cannot rank those backends on \
+            startup (see the notes above)."
+                .into(),
         emulated,
     }))
 }
@@ -244,14 +240,11 @@ fn host_memory(
         id,
         title: emulation_title("Memory by definition, at idle after ready", emulated),
         svg,
-        explanation: "Each bar is the median over trials of one memory definition, with its \
-            95% interval; the definitions measure different things and are never added up. \
-            host_delta is what the whole host gave up between just before launch and idle, \
-            the cost that decides how many kernels fit on a machine. host_pss shares pages \
-            between processes fairly. A microVM's guest RAM that the guest touched stays \
-            with it, because the host cannot share a guest's page cache or kernel memory, so \
-            its host_delta includes a whole guest kernel. A container's processes share the \
-            host kernel and page cache, so its cost stays close to the plain process."
+        explanation: "Median over trials of each memory definition, with its 95% interval; the \
+            definitions differ and are never added up. host_delta is what the whole host gave \
+            up, so it counts a microVM's whole guest kernel and page cache, which the host \
+            cannot share. A container shares the host kernel and page cache, so it costs \
+            about what the plain process costs."
             .into(),
         emulated,
     }))
@@ -296,11 +289,9 @@ fn guest_view(
             emulated,
         ),
         svg,
-        explanation: "total is MemTotal and used is MemTotal minus MemAvailable, read by a \
-            cell inside the Jupyter kernel. In a container and in the plain process the \
-            numbers are the host's, because there is only one kernel: the memory limit of a \
-            container is a cgroup setting that /proc/meminfo does not show. In the microVM \
-            they are the guest kernel's own, with the guest RAM the VMM gave it as the total."
+        explanation: "MemTotal and MemTotal minus MemAvailable, read inside the Jupyter kernel. A \
+            container sees the host's numbers, because it has no kernel of its own (its \
+            cgroup limit does not show here). A microVM sees its guest kernel's own RAM."
             .into(),
         emulated,
     }))
@@ -358,14 +349,10 @@ fn cell_latency(
         id,
         title: emulation_title("Cell latency: every repetition of every trial", emulated),
         svg,
-        explanation: "Wall time from execute_request sent to both execute_reply and the IOPub \
-            idle status received, on a log axis. The black bar is p50, the shaded box runs \
-            from p25 to p75, the ring is p99 and the thin line spans all repetitions. Once a \
-            kernel runs, Python executes on the CPU directly in every backend, so compute \
-            cells differ little; the trivial cell shows the fixed cost of one round trip, \
-            which grows with the path to the kernel: loopback for the process, a Docker \
-            bridge for the container, a TAP link and a virtio-net device with exits to the \
-            hypervisor for the microVM."
+        explanation: "Every repetition on a log axis; black bar: p50, box: p25 to p75, ring: p99. \
+            Compute runs on the CPU directly in every backend, so compute cells differ little. \
+            The trivial cell shows one round trip, which grows with the path to the kernel: \
+            loopback, a Docker bridge, or a TAP link and virtio-net behind a hypervisor."
             .into(),
         emulated,
     }))
@@ -411,12 +398,12 @@ fn throughput(
         id,
         title: emulation_title("Throughput of data-moving cells", emulated),
         svg,
-        explanation: "Median over trials of each trial's median throughput, with its 95% \
-            interval. Cells that stream output send their bytes through the Jupyter IOPub \
-            channel, so they measure the network path between host and workload; cells that \
-            write files measure the storage path, the host's file system for the process and \
-            the container, a virtio-blk disk image behind the hypervisor for the microVM."
-            .into(),
+        explanation:
+            "Median over trials, with its 95% interval. Streaming output measures the path \
+            from workload to host; file writes measure the storage path: the host's file \
+            system for a process or container, a virtio-blk disk behind the hypervisor for a \
+            microVM."
+                .into(),
         emulated,
     }))
 }
@@ -460,9 +447,8 @@ pub fn hosts_chart(hosts: &[(String, &RunSummary)]) -> Result<Option<Chart>, Plo
         id,
         title: "Launch-to-ready time on every host".into(),
         svg,
-        explanation: "The same measurement from each results file, one row per host and \
-            backend. Hosts differ in CPU, load and KVM flavour (see each host's table), so \
-            compare backends within a host; across hosts, compare shapes rather than values."
+        explanation: "One row per host and backend. Hosts differ in CPU, load and KVM kind, so \
+            compare backends within a host."
             .into(),
         emulated: false,
     }))
