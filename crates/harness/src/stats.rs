@@ -120,13 +120,14 @@ pub fn median(samples: &[f64]) -> Option<f64> {
 ///
 /// Pairs are matched by position: the caller passes the values of one round of the run at the
 /// same index, so a ratio compares two trials that ran next to each other. A pair where either
-/// value is missing, or the denominator is not positive, is left out.
+/// value is missing or not positive is left out, because a ratio of a negative reading (such
+/// as a `host_delta` swamped by other activity on the host) means nothing.
 pub fn paired_ratios(numerators: &[Option<f64>], denominators: &[Option<f64>]) -> Vec<f64> {
     numerators
         .iter()
         .zip(denominators)
         .filter_map(|pair| match pair {
-            (Some(numerator), Some(denominator)) if *denominator > 0.0 => {
+            (Some(numerator), Some(denominator)) if *numerator > 0.0 && *denominator > 0.0 => {
                 Some(numerator / denominator)
             }
             _ => None,
@@ -280,6 +281,14 @@ mod tests {
     #[test]
     fn paired_ratios_skip_zero_denominator() {
         assert_eq!(paired_ratios(&[Some(1.0)], &[Some(0.0)]), Vec::<f64>::new());
+    }
+
+    #[test]
+    fn paired_ratios_skip_negative_numerator() {
+        assert_eq!(
+            paired_ratios(&[Some(-1.0)], &[Some(2.0)]),
+            Vec::<f64>::new()
+        );
     }
 
     #[test]
