@@ -432,11 +432,21 @@ async fn compare(
 
     let (canceller, cancel) = cancel::channel();
     tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!(
+            "isobench: interrupted; stopping the current trial and keeping the finished ones"
+        );
+        canceller.cancel();
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!("isobench: still cleaning up; press Ctrl-C again to exit at once");
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "isobench: interrupted; stopping the current trial and keeping the finished ones"
-            );
-            canceller.cancel();
+            // The next run's sweep removes whatever the current trial leaves behind.
+            eprintln!("isobench: exiting without cleanup");
+            std::process::exit(130);
         }
     });
 
