@@ -29,12 +29,19 @@ pub enum ResultsError {
         source: std::io::Error,
     },
     /// The file is not valid JSON of this schema.
-    #[error("invalid results file {path}: {source}")]
+    #[error("invalid results file {path}")]
     Parse {
         /// Path of the file.
         path: PathBuf,
         /// Underlying error.
+        #[source]
         source: serde_json::Error,
+    },
+    /// The file is JSON but has no schema version, so it is not an isobench results file.
+    #[error("{path} has no schema_version: it is not a results.json written by isobench compare")]
+    NotResults {
+        /// Path of the file.
+        path: PathBuf,
     },
     /// The file was written by a build with another schema version.
     #[error(
@@ -316,13 +323,18 @@ impl Results {
                 path: path.to_owned(),
                 source,
             })?;
-        let found = value
+        let Some(found) = value
             .get("schema_version")
-            .and_then(|version| version.as_u64());
-        if found != Some(u64::from(SCHEMA_VERSION)) {
+            .and_then(|version| version.as_u64())
+        else {
+            return Err(ResultsError::NotResults {
+                path: path.to_owned(),
+            });
+        };
+        if found != u64::from(SCHEMA_VERSION) {
             return Err(ResultsError::Version {
                 path: path.to_owned(),
-                found: found.unwrap_or(0) as u32,
+                found: u32::try_from(found).unwrap_or(u32::MAX),
                 expected: SCHEMA_VERSION,
             });
         }
@@ -551,6 +563,17 @@ mod tests {
             matches!(error, ResultsError::Version { found: 99, .. }),
             "{error}"
         );
+    }
+
+    #[test]
+    fn read_rejects_json_without_version() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("results.json");
+        fs::write(&path, "{}").unwrap();
+        assert!(matches!(
+            Results::read(&path),
+            Err(ResultsError::NotResults { .. })
+        ));
     }
 
     #[test]
