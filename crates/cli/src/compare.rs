@@ -32,6 +32,7 @@ use isobench_harness::results::{
 use isobench_harness::run::{PlannedBackend, RunObserver, RunPlan};
 use isobench_harness::summary::BackendSummary;
 use isobench_harness::trial::{TrialObserver, TrialSettings};
+use isobench_report::format::{format_mib, format_seconds};
 use isobench_workload::Suite;
 
 use crate::run::BackendArg;
@@ -488,7 +489,6 @@ fn print_figures(results: &Results) {
 }
 
 fn headline(backend: &BackendSummary) -> String {
-    use isobench_report::format::{format_mib, format_seconds};
     let mut parts = vec![format!(
         "{:<8} {} of {} trials",
         backend.backend, backend.completed, backend.trials
@@ -654,6 +654,16 @@ impl RunObserver for TrialBars {
         self.bar.inc(1);
         let kind = if record.warmup { "warm-up" } else { "trial" };
         let line = match &record.outcome {
+            // Without a terminal there is no bar, so each trial gets a line in the log.
+            TrialOutcome::Completed if self.bar.is_hidden() => Some(format!(
+                "{} {kind} {} completed, launch to ready {}",
+                record.backend,
+                record.round + 1,
+                record
+                    .launch_to_ready_s
+                    .map(format_seconds)
+                    .unwrap_or_else(|| "unknown".into())
+            )),
             TrialOutcome::Completed => None,
             TrialOutcome::Failed { stage, cause, exit } => {
                 let mut line = format!(
