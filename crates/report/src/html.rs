@@ -99,6 +99,7 @@ fn host_section(anchor: &str, host: &HostSection<'_>) -> String {
         }
         html.push_str("</section>");
     }
+    html.push_str(&cells_table(host.summary));
     html.push_str(&all_figures_table(host.summary));
     html.push_str("</section>");
     html
@@ -397,6 +398,42 @@ fn notes(results: &Results, summary: &RunSummary) -> String {
              finished before.</p>",
         );
     }
+    html
+}
+
+/// Latency percentiles of every cell over all repetitions, and throughput where measured.
+fn cells_table(summary: &RunSummary) -> String {
+    let mut html = String::from(
+        "<details><summary>Cell latency percentiles</summary><table class=\"figures\">\
+         <thead><tr><th>Backend</th><th>Cell</th><th>p50</th><th>p95</th><th>p99</th>\
+         <th>Min</th><th>Max</th><th>Repetitions</th><th>Throughput</th></tr></thead><tbody>",
+    );
+    for backend in &summary.backends {
+        for cell in &backend.cells {
+            let Some(latency) = cell.latency else {
+                continue;
+            };
+            let throughput = cell
+                .throughput_mb_s
+                .map(|estimate| format!("{} MB/s", significant(estimate.median)))
+                .unwrap_or_else(|| "–".into());
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&backend.backend),
+                escape(&cell.name),
+                escape(&format_seconds(latency.p50)),
+                escape(&format_seconds(latency.p95)),
+                escape(&format_seconds(latency.p99)),
+                escape(&format_seconds(latency.min)),
+                escape(&format_seconds(latency.max)),
+                latency.count,
+                escape(&throughput),
+            );
+        }
+    }
+    html.push_str("</tbody></table></details>");
     html
 }
 

@@ -89,6 +89,13 @@ fn emulated_backend_is_marked_and_not_compared() {
 }
 
 #[test]
+fn report_lists_cell_percentiles() {
+    let report = Report::build(&[common::results("lab-host", 4)], "2026-12-04").unwrap();
+    assert!(report.html.contains("Cell latency percentiles"));
+    assert!(report.html.contains("<code>numpy_matmul</code>"));
+}
+
+#[test]
 fn report_shows_observations_per_backend() {
     let report = Report::build(&[common::results("lab-host", 4)], "2026-12-04").unwrap();
     assert!(report.html.contains("Seen from inside the workload"));
