@@ -177,7 +177,7 @@ pub struct TrialRecord {
 }
 
 impl TrialRecord {
-    /// Whether the trial completed and counts in the figures.
+    /// Returns whether the trial completed and counts in the figures.
     pub fn is_measured(&self) -> bool {
         !self.warmup && matches!(self.outcome, TrialOutcome::Completed)
     }
@@ -191,7 +191,7 @@ impl TrialRecord {
     }
 }
 
-/// How a trial ended.
+/// Outcome of a trial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum TrialOutcome {
@@ -201,9 +201,9 @@ pub enum TrialOutcome {
     Failed {
         /// Step that failed.
         stage: TrialStage,
-        /// What went wrong, in words.
+        /// Cause of the failure, in words.
         cause: String,
-        /// How the workload exited, when it did.
+        /// Exit of the workload, when it exited.
         exit: Option<ExitInfo>,
     },
     /// The run was interrupted during this trial.
@@ -287,7 +287,7 @@ pub struct MemoryRecord {
 pub struct CellRecord {
     /// Cell name.
     pub name: String,
-    /// What the cell measures.
+    /// Metric of the cell.
     pub metric: CellMetric,
     /// Wall time of each timed repetition, from `execute_request` sent to both `execute_reply`
     /// and IOPub `idle` received, in seconds.
@@ -299,7 +299,7 @@ pub struct CellRecord {
     pub answer: Option<String>,
 }
 
-/// What a cell measures.
+/// Metric of a cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CellMetric {

@@ -17,11 +17,11 @@ use crate::workload::Workload;
 pub struct PlannedBackend {
     /// The backend.
     pub backend: Arc<dyn Backend>,
-    /// Where its instances run.
+    /// Execution host of its instances.
     pub execution_host: ExecutionHost,
 }
 
-/// What a run does.
+/// Plan of a run: backends, rounds and trial settings.
 pub struct RunPlan {
     /// Backends in the order of each round.
     pub backends: Vec<PlannedBackend>,
@@ -31,22 +31,22 @@ pub struct RunPlan {
     pub warmup: u32,
     /// Settings of every trial.
     pub settings: TrialSettings,
-    /// Where `results.json` is rewritten after every trial; `None` keeps results in memory.
+    /// Path of `results.json`, rewritten after every trial; `None` keeps results in memory.
     pub results_path: Option<PathBuf>,
 }
 
 /// Progress callbacks of a run.
 pub trait RunObserver: TrialObserver {
-    /// A trial starts.
+    /// Reports that a trial starts.
     fn trial_started(&self, _backend: &str, _round: u32, _warmup: bool) {}
-    /// A trial ended, successfully or not.
+    /// Reports that a trial ended, successfully or not.
     fn trial_finished(&self, _record: &TrialRecord) {}
 }
 
 /// Runs every round of `plan`, appending each trial to `results` and writing it out.
 ///
 /// On cancellation the current trial ends, its instance is stopped, and no further trial
-/// starts; the trials finished so far stay in `results` and in the file, which is marked
+/// starts. The trials finished so far stay in `results` and in the file, which is marked
 /// interrupted.
 pub async fn run(
     plan: &RunPlan,
