@@ -126,6 +126,14 @@ impl Engine {
         &self.version
     }
 
+    /// Returns the cgroup version the daemon reports (`1` or `2`), or `None` if it does not
+    /// say (engines before API 1.40).
+    pub async fn cgroup_version(&self) -> Result<Option<String>, ContainerError> {
+        let info = self.call("info".to_string(), self.docker().info()).await?;
+        let version = info.cgroup_version.map(|version| version.to_string());
+        Ok(version.filter(|version| !version.is_empty()))
+    }
+
     /// Time allowed for one ordinary Engine API call.
     pub fn call_timeout(&self) -> Duration {
         self.call_timeout

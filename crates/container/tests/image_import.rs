@@ -152,3 +152,13 @@ async fn connect_names_socket_when_engine_unreachable() {
     assert!(message.contains(host), "{message}");
     assert!(message.contains("scripts/setup-host"), "{message}");
 }
+
+#[tokio::test]
+async fn cgroup_version_matches_host() {
+    let engine = Engine::connect().await.expect("Docker engine");
+    let version = engine.cgroup_version().await.unwrap();
+    // A v1 or hybrid host has the v1 memory hierarchy mounted; a v2-only host does not.
+    let host_v1 = Path::new("/sys/fs/cgroup/memory/memory.stat").exists();
+    let expected = if host_v1 { "1" } else { "2" };
+    assert_eq!(version.as_deref(), Some(expected));
+}
