@@ -73,6 +73,11 @@ pub async fn engine_and_image() -> Option<(Engine, String)> {
     if let Some(tag) = imported.as_ref() {
         return Some((engine, tag.clone()));
     }
+    // Like every start of a run: remove what dead earlier test processes left behind.
+    engine
+        .sweep(&isobench_container::SweepScope::Stale)
+        .await
+        .expect("sweep of leftovers");
     let Some((tar, hash)) = find_rootfs_tar() else {
         eprintln!(
             "\n\n*** SKIPPED: no guest image built. Run `isobench image build` (or set \
