@@ -33,6 +33,7 @@ use isobench_harness::run::{PlannedBackend, RunObserver, RunPlan};
 use isobench_harness::summary::BackendSummary;
 use isobench_harness::trial::{TrialObserver, TrialSettings};
 use isobench_report::format::{format_mib, format_seconds};
+use isobench_vmm::emulated::{default_cache_dir, EmulatedHost, EmulatedRun, ProgramArg};
 use isobench_workload::Suite;
 
 use crate::run::BackendArg;
@@ -92,6 +93,17 @@ pub struct CompareArgs {
     /// Time allowed for one whole trial, launch to end of the suite, in seconds.
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
     trial_deadline: f64,
+    /// Guest kernel to boot instead of the cached guest image's; the emulated host's inner run
+    /// uses it, with `--image-rootfs-ext4`.
+    #[arg(long, hide = true, value_name = "FILE", requires = "image_rootfs_ext4")]
+    image_vmlinux: Option<PathBuf>,
+    /// Root disk to boot instead of the cached guest image's.
+    #[arg(long, hide = true, value_name = "FILE", requires = "image_vmlinux")]
+    image_rootfs_ext4: Option<PathBuf>,
+    /// Prints results.json on standard output instead of writing the report; the emulated
+    /// host's inner run uses it to hand its trials out.
+    #[arg(long, hide = true)]
+    results_stdout: bool,
 }
 
 /// The flags resolved and checked.
@@ -106,6 +118,9 @@ struct Settings {
     microvm_host: Option<MicrovmHost>,
     ready_deadline: Duration,
     trial_deadline: Duration,
+    suite_path: Option<PathBuf>,
+    image_override: Option<(PathBuf, PathBuf)>,
+    results_stdout: bool,
 }
 
 /// Runs `isobench compare`.
@@ -120,10 +135,16 @@ pub fn main(args: CompareArgs) -> anyhow::Result<ExitCode> {
     for skipped in &selection.skipped {
         eprintln!("isobench: skipping {}: {}", skipped.backend, skipped.reason);
     }
-    let names: Vec<String> = selection.planned.iter().map(|p| p.backend.name()).collect();
+    let mut names: Vec<String> = selection.planned.iter().map(|p| p.backend.name()).collect();
+    if selection.emulated.is_some() {
+        names.push("microvm (emulated host)".into());
+    }
     eprintln!("isobench: comparing {}", names.join(", "));
 
-    let image = prepare_image()?;
+    let image = match &settings.image_override {
+        Some((vmlinux, rootfs_ext4)) => provided_image(vmlinux, rootfs_ext4),
+        None => prepare_image()?,
+    };
     if selection
         .planned
         .iter()
@@ -199,6 +220,9 @@ fn resolve(args: CompareArgs) -> anyhow::Result<Settings> {
         microvm_host: args.microvm_host,
         ready_deadline,
         trial_deadline,
+        suite_path: args.suite,
+        image_override: args.image_vmlinux.zip(args.image_rootfs_ext4),
+        results_stdout: args.results_stdout,
     })
 }
 
@@ -225,6 +249,8 @@ struct Selection {
     planned: Vec<PlannedBackend>,
     skipped: Vec<SkippedBackend>,
     docker: Option<DockerInfo>,
+    /// The emulated host, when the microVM runs there.
+    emulated: Option<EmulatedHost>,
 }
 
 /// Probes each candidate backend. A backend named in `--backends` that cannot run is an
@@ -242,6 +268,7 @@ async fn select_backends(settings: &Settings) -> anyhow::Result<Selection> {
         planned: Vec::new(),
         skipped: Vec::new(),
         docker: None,
+        emulated: None,
     };
     for kind in candidates {
         let probed = match kind {
@@ -260,7 +287,14 @@ async fn select_backends(settings: &Settings) -> anyhow::Result<Selection> {
                 }
                 Err(error) => Err(error.to_string()),
             },
-            BackendKind::Microvm => microvm_backend(settings.microvm_host),
+            BackendKind::Microvm => match microvm_backend(settings.microvm_host) {
+                Ok(MicrovmChoice::Direct(planned)) => Ok(planned),
+                Ok(MicrovmChoice::Emulated(host)) => {
+                    selection.emulated = Some(host);
+                    continue;
+                }
+                Err(reason) => Err(reason),
+            },
         };
         match probed {
             Ok(planned) => selection.planned.push(planned),
@@ -273,7 +307,7 @@ async fn select_backends(settings: &Settings) -> anyhow::Result<Selection> {
             }),
         }
     }
-    if selection.planned.is_empty() {
+    if selection.planned.is_empty() && selection.emulated.is_none() {
         let reasons: Vec<String> = selection
             .skipped
             .iter()
@@ -312,43 +346,71 @@ fn kind_name(kind: BackendKind) -> &'static str {
     }
 }
 
-/// Decides whether and where the microVM runs: directly on hardware KVM, or when
-/// `--microvm-host direct` insists; never by default on other kinds of KVM.
-fn microvm_backend(host: Option<MicrovmHost>) -> Result<PlannedBackend, String> {
+/// Where the microVM runs.
+enum MicrovmChoice {
+    /// On this host's KVM, interleaved with the other backends.
+    Direct(PlannedBackend),
+    /// In the emulated host, as one block after the other backends' rounds.
+    Emulated(EmulatedHost),
+}
+
+/// Decides whether and where the microVM runs: directly on hardware KVM or when
+/// `--microvm-host direct` insists, in the emulated host when `--microvm-host emulated` asks,
+/// and never by default on other kinds of KVM.
+fn microvm_backend(host: Option<MicrovmHost>) -> Result<MicrovmChoice, String> {
     let kvm = KvmInfo::probe();
-    let direct_wanted =
-        match (host, kvm.flavour) {
-            (Some(MicrovmHost::Direct), _) | (None, KvmFlavour::Hardware) => true,
-            (Some(MicrovmHost::Emulated), _) => false,
-            (None, KvmFlavour::Unavailable) => return Err(
+    match (host, kvm.flavour) {
+        (Some(MicrovmHost::Direct), _) | (None, KvmFlavour::Hardware) => {}
+        (Some(MicrovmHost::Emulated), _) => {
+            let cache = default_cache_dir()
+                .ok_or("no cache folder: set ISOBENCH_CACHE_DIR or HOME".to_owned())?;
+            let spinner = spinner("preparing the emulated host".into());
+            let prepared = EmulatedHost::prepare(&cache);
+            spinner.finish_and_clear();
+            return prepared
+                .map(MicrovmChoice::Emulated)
+                .map_err(|error| format!("the emulated host is not available: {error}"));
+        }
+        (None, KvmFlavour::Unavailable) => {
+            return Err(
                 "/dev/kvm is missing: load kvm_intel or kvm_amd, or pass --microvm-host emulated"
                     .into(),
-            ),
-            (None, KvmFlavour::Paravirtual | KvmFlavour::Unknown) => {
-                return Err(format!(
-                    "this host's KVM is {} ({}), on which a stock guest kernel does not boot in \
+            )
+        }
+        (None, KvmFlavour::Paravirtual | KvmFlavour::Unknown) => {
+            return Err(format!(
+                "this host's KVM is {} ({}), on which a stock guest kernel does not boot in \
                  useful time; pass --microvm-host emulated to run it in the emulated host \
                  (emulation times)",
-                    kvm.flavour,
-                    kvm.module.as_deref().unwrap_or("unknown module"),
-                ))
-            }
-        };
-    if direct_wanted {
-        MicrovmBackend::check_available().map_err(|error| error.to_string())?;
-        let backend = MicrovmBackend::new().map_err(|error| error.to_string())?;
-        if kvm.flavour != KvmFlavour::Hardware {
-            eprintln!(
-                "isobench: warning: running the microvm on {} KVM; its guest kernel may not \
-                 become ready before --ready-deadline",
-                kvm.flavour
-            );
+                kvm.flavour,
+                kvm.module.as_deref().unwrap_or("unknown module"),
+            ))
         }
-        return Ok(direct(Arc::new(backend)));
     }
-    // TODO: run the microvm trials inside the emulated host (`isobench_vmm::emulated`) and
-    // mark them `ExecutionHost::Emulated`; the report already shows such trials apart.
-    Err("--microvm-host emulated is not wired into isobench compare yet".into())
+    MicrovmBackend::check_available().map_err(|error| error.to_string())?;
+    let backend = MicrovmBackend::new().map_err(|error| error.to_string())?;
+    if kvm.flavour != KvmFlavour::Hardware {
+        eprintln!(
+            "isobench: warning: running the microvm on {} KVM; its guest kernel may not \
+             become ready before --ready-deadline",
+            kvm.flavour
+        );
+    }
+    Ok(MicrovmChoice::Direct(direct(Arc::new(backend))))
+}
+
+/// Guest image paths given on the command line, as the emulated host's inner run gets them.
+fn provided_image(vmlinux: &Path, rootfs_ext4: &Path) -> GuestImagePaths {
+    let unused = PathBuf::from("/nonexistent");
+    GuestImagePaths {
+        id: "provided".into(),
+        vmlinux: vmlinux.to_owned(),
+        bzimage: unused.clone(),
+        rootfs_tar: unused.clone(),
+        rootfs_ext4: rootfs_ext4.to_owned(),
+        rootfs_tree: unused,
+        docker_tag: String::new(),
+    }
 }
 
 /// Finds the guest image, building whatever the cache lacks.
@@ -387,7 +449,11 @@ async fn compare(
             .unwrap_or(0),
         std::process::id()
     );
-    let backends: Vec<String> = selection.planned.iter().map(|p| p.backend.name()).collect();
+    let direct_count = selection.planned.len() as u32;
+    let mut backends: Vec<String> = selection.planned.iter().map(|p| p.backend.name()).collect();
+    if selection.emulated.is_some() {
+        backends.push("microvm".into());
+    }
     let plan = RunPlan {
         backends: selection.planned,
         trials: settings.trials,
@@ -451,13 +517,29 @@ async fn compare(
         }
     });
 
-    let total = u64::from((settings.warmup + settings.trials) * backends.len() as u32);
+    let total = u64::from((settings.warmup + settings.trials) * direct_count);
     let observer = TrialBars::new(total, cancel.clone());
     let workload = JupyterWorkload::new(settings.suite.clone());
     let run_result =
         isobench_harness::run::run(&plan, &workload, &mut results, &cancel, &observer).await;
     observer.finish();
     run_result.context("failed to write results.json")?;
+
+    if let Some(host) = selection.emulated {
+        if !cancel.is_cancelled() {
+            let trials = emulated_trials(host, &settings, &image).await;
+            results.trials.extend(trials);
+            results
+                .write_atomic(&results_path)
+                .context("failed to write results.json")?;
+        }
+    }
+
+    if settings.results_stdout {
+        // The emulated host's inner run: the outer run reads the trials from standard output.
+        println!("{}", serde_json::to_string(&results)?);
+        return Ok(ExitCode::SUCCESS);
+    }
 
     let index = crate::report::render(std::slice::from_ref(&results), &settings.out)?;
     print_figures(&results);
@@ -478,6 +560,135 @@ async fn compare(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Most trials run in the emulated host, where each takes minutes of emulation time.
+const MAX_EMULATED_TRIALS: u32 = 3;
+
+/// Time allowed from launch to ready in the emulated host, at least; its guest kernel and
+/// Python run under software emulation.
+const EMULATED_READY_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Time allowed for one trial in the emulated host, at least.
+const EMULATED_TRIAL_DEADLINE: Duration = Duration::from_secs(900);
+
+/// Runs the microVM trials inside the emulated host: `isobench compare` itself runs there with
+/// the guest image carried in, and prints its results on standard output. The trials come back
+/// marked [`ExecutionHost::Emulated`]; a failure of the whole block becomes one failed trial
+/// with its cause.
+async fn emulated_trials(
+    host: EmulatedHost,
+    settings: &Settings,
+    image: &GuestImagePaths,
+) -> Vec<TrialRecord> {
+    let trials = settings.trials.min(MAX_EMULATED_TRIALS);
+    let ready_deadline = settings.ready_deadline.max(EMULATED_READY_DEADLINE);
+    let trial_deadline = settings.trial_deadline.max(EMULATED_TRIAL_DEADLINE);
+    let plain = |text: String| ProgramArg::Plain(text);
+    let mut args = vec![
+        plain("compare".into()),
+        plain("--backends=microvm".into()),
+        plain("--microvm-host=direct".into()),
+        plain(format!("--trials={trials}")),
+        plain("--warmup=0".into()),
+        plain(format!("--vcpus={}", settings.vcpus)),
+        plain(format!("--memory-mib={}", settings.memory_mib)),
+        plain(format!("--ready-deadline={}", ready_deadline.as_secs_f64())),
+        plain(format!("--trial-deadline={}", trial_deadline.as_secs_f64())),
+        plain("--out=/tmp/isobench-emulated".into()),
+        plain("--results-stdout".into()),
+        plain("--image-vmlinux".into()),
+        ProgramArg::File(image.vmlinux.clone()),
+        plain("--image-rootfs-ext4".into()),
+        ProgramArg::Disk {
+            path: image.rootfs_ext4.clone(),
+            read_only: true,
+        },
+    ];
+    if let Some(suite) = &settings.suite_path {
+        args.push(plain("--suite".into()));
+        args.push(ProgramArg::File(suite.clone()));
+    }
+
+    let failure = |cause: String| {
+        vec![TrialRecord {
+            backend: "microvm".into(),
+            kind: BackendKind::Microvm,
+            execution_host: ExecutionHost::Emulated,
+            round: 0,
+            warmup: false,
+            outcome: TrialOutcome::Failed {
+                stage: TrialStage::Launch,
+                cause,
+                exit: None,
+            },
+            events: Vec::new(),
+            phases: Vec::new(),
+            launch_to_ready_s: None,
+            ready_attempts: None,
+            memory_idle: None,
+            memory_after_suite: None,
+            cells: Vec::new(),
+            suite_s: None,
+            shutdown_s: None,
+        }]
+    };
+    let program = match std::env::current_exe() {
+        Ok(program) => program,
+        Err(error) => return failure(format!("cannot find the isobench binary: {error}")),
+    };
+    let vmm = match isobench_vmm::supervisor::locate_binary() {
+        Ok(vmm) => vmm,
+        Err(error) => return failure(format!("cannot find isobench-vmm: {error}")),
+    };
+    let mut run = EmulatedRun::for_program(&program, &args, &[vmm]);
+    run.memory_mib = settings.memory_mib + 1536;
+    run.timeout = Duration::from_secs(300) + trial_deadline * trials;
+
+    // NOTE: the emulated run cannot be stopped from here; Ctrl-C takes effect after it ends,
+    // and QEMU is killed at the run's timeout at the latest.
+    let spinner = spinner(format!(
+        "running {trials} microvm trials in the emulated host"
+    ));
+    let output = tokio::task::spawn_blocking(move || host.run(&run)).await;
+    spinner.finish_and_clear();
+    let output = match output {
+        Ok(Ok(output)) => output,
+        Ok(Err(error)) => {
+            let stderr = error
+                .partial_output()
+                .map(|partial| tail(&partial.stderr))
+                .unwrap_or_default();
+            return failure(format!("emulated host run failed: {error}{stderr}"));
+        }
+        Err(error) => return failure(format!("emulated host run panicked: {error}")),
+    };
+    match serde_json::from_slice::<Results>(&output.stdout) {
+        Ok(inner) => inner
+            .trials
+            .into_iter()
+            .map(|mut trial| {
+                trial.execution_host = ExecutionHost::Emulated;
+                trial
+            })
+            .collect(),
+        Err(error) => failure(format!(
+            "the emulated host's run (exit status {}) printed no results ({error}){}",
+            output.exit_status,
+            tail(&output.stderr)
+        )),
+    }
+}
+
+/// The last lines of a program's standard error, for a failure cause.
+fn tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().rev().take(8).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let lines: Vec<&str> = lines.into_iter().rev().collect();
+    format!("; last output: {}", lines.join(" | "))
 }
 
 /// Prints the headline figures of each backend.
