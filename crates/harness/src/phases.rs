@@ -1,8 +1,9 @@
 //! Startup phases: the consecutive intervals between `t0`, the backend's phase marks and ready.
 //!
 //! A phase is named after the event that ends it, using the names of the measurement
-//! definitions where the event is known (`vmm_setup`, `guest_kernel`, `guest_init`, `create`,
-//! `start`, `entrypoint`, `spawn`, `kernel_ready`); an unknown event names its phase itself.
+//! definitions where the event is known (`vmm_spawn`, `vmm_setup`, `guest_kernel`, `guest_init`,
+//! `create`, `start`, `entrypoint`, `spawn`, `kernel_ready`); an unknown event names its phase
+//! itself.
 
 use crate::backend::BackendKind;
 use crate::results::{EventRecord, PhaseRecord};
@@ -19,6 +20,7 @@ const READY_DETAIL_EVENTS: [&str; 3] = ["kernel_info_reply", "first_status", "ke
 pub fn phase_name(kind: BackendKind, event: &str) -> String {
     let name = match (kind, event) {
         (_, READY_EVENT) => "kernel_ready",
+        (BackendKind::Microvm, "vmm_started") => "vmm_spawn",
         (BackendKind::Microvm, "vcpus_running" | "vcpu_started" | "first_vcpu_run") => "vmm_setup",
         (BackendKind::Microvm, "init_started") => "guest_kernel",
         (BackendKind::Microvm, "mounts_done") => "guest_mounts",
