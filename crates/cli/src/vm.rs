@@ -1,5 +1,5 @@
 //! `isobench vm boot`: boots the guest image in the microVM, waits until its Jupyter kernel
-//! answers `kernel_info_request` from the host side of the TAP link, prints the phase timings
+//! replies to `kernel_info_request` from the host side of the TAP link, prints the phase timings
 //! and shuts the microVM down.
 
 use std::process::ExitCode;
@@ -11,18 +11,19 @@ use isobench_harness::backend::{Backend, BackendKind, JupyterPorts, LaunchSpec, 
 use isobench_harness::host::{KvmFlavour, KvmInfo};
 use isobench_harness::image;
 use isobench_harness::phases::phase_name;
+use isobench_vmm::emulated::{default_cache_dir, EmulatedHost, EmulatedRun, ProgramArg};
 use isobench_workload::connection::generate_key;
 use isobench_workload::{ChannelPorts, ConnectionInfo, KernelClient};
 
 /// Subcommands of `isobench vm`.
 #[derive(clap::Subcommand)]
 pub enum VmCommand {
-    /// Boots the guest image in the microVM, waits for its Jupyter kernel to answer over the
+    /// Boots the guest image in the microVM, waits for its Jupyter kernel to reply over the
     /// network and prints the phase timings.
     Boot(BootArgs),
 }
 
-/// Where the microVM runs.
+/// Execution host of the microVM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum VmHost {
     /// On this host's own /dev/kvm.
@@ -32,7 +33,7 @@ pub enum VmHost {
     Emulated,
 }
 
-/// Which guest kernel file to boot.
+/// Guest kernel file to boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KernelArg {
     /// The uncompressed vmlinux through the PVH entry.
@@ -44,7 +45,7 @@ pub enum KernelArg {
 /// Flags of `isobench vm boot`.
 #[derive(clap::Args)]
 pub struct BootArgs {
-    /// Where the microVM runs.
+    /// Execution host of the microVM.
     #[arg(long, value_enum, default_value = "direct")]
     host: VmHost,
     /// Guest kernel file to boot.
@@ -70,10 +71,7 @@ pub fn main(command: VmCommand) -> anyhow::Result<ExitCode> {
 
 fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     if args.host == VmHost::Emulated {
-        anyhow::bail!(
-            "--host emulated is not available yet: the emulated hardware-KVM host is not wired \
-             into `isobench vm boot`; use --host direct on a host with hardware KVM"
-        );
+        return boot_emulated(&args);
     }
     if !(args.ready_deadline > 0.0 && args.ready_deadline.is_finite()) {
         anyhow::bail!(
@@ -221,5 +219,121 @@ fn print_phases(t0: Instant, marks: &[PhaseMark]) {
             length.as_secs_f64() * 1e3
         );
         previous = mark.at;
+    }
+}
+
+/// Memory of the emulated host beyond the guest's, in MiB: its kernel, the VMM and the
+/// `isobench` process inside.
+const EMULATED_HOST_EXTRA_MIB: u32 = 768;
+
+/// Runs `isobench vm boot --host direct` with the same flags inside the emulated hardware-KVM
+/// host and prints its output. The guest image is carried in as a copy of its cache folders,
+/// except `rootfs.ext4`, which is attached as a read-only disk.
+fn boot_emulated(args: &BootArgs) -> anyhow::Result<ExitCode> {
+    let image =
+        image::locate().context("the guest image is not usable: run `isobench image build`")?;
+    let cache = default_cache_dir().context("no cache folder: set ISOBENCH_CACHE_DIR or HOME")?;
+    let host = EmulatedHost::prepare(&cache)?;
+    let isobench = std::env::current_exe().context("cannot find the isobench binary")?;
+    let vmm = isobench_vmm::supervisor::locate_binary()?;
+
+    let kernel_dir = image
+        .vmlinux
+        .parent()
+        .context("guest kernel path has no folder")?;
+    let rootfs_dir = image
+        .rootfs_ext4
+        .parent()
+        .context("root filesystem path has no folder")?;
+    let folder_name = |dir: &std::path::Path| {
+        dir.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let (kernel_name, rootfs_name) = (folder_name(kernel_dir), folder_name(rootfs_dir));
+    let mut run = EmulatedRun::for_program(
+        &isobench,
+        &[
+            ProgramArg::Plain("vm".into()),
+            ProgramArg::Plain("boot".into()),
+            ProgramArg::Plain("--host=direct".into()),
+            ProgramArg::Plain(format!("--kernel={}", kernel_flag(args.kernel))),
+            ProgramArg::Plain(format!("--vcpus={}", args.vcpus)),
+            ProgramArg::Plain(format!("--memory={}", args.memory)),
+            ProgramArg::Plain(format!("--ready-deadline={}", args.ready_deadline)),
+        ],
+        &[vmm],
+    );
+    // The image cache inside: the kernel folder and the small rootfs files are copies, the
+    // disk is the attached device, and the artifacts `vm boot` does not read are placeholders.
+    let cache_inside = "/opt/isobench/cache";
+    for file in ["vmlinux", "bzImage", "config", "manifest.json"] {
+        run.files.push(isobench_vmm::emulated::CarriedFile {
+            source: kernel_dir.join(file),
+            path: format!("{cache_inside}/{kernel_name}/{file}"),
+            env: None,
+            with_libraries: false,
+        });
+    }
+    for file in ["manifest.json", "packages.txt"] {
+        run.files.push(isobench_vmm::emulated::CarriedFile {
+            source: rootfs_dir.join(file),
+            path: format!("{cache_inside}/{rootfs_name}/{file}"),
+            env: None,
+            with_libraries: false,
+        });
+    }
+    run.disks.push(isobench_vmm::emulated::CarriedDisk {
+        source: image.rootfs_ext4.clone(),
+        read_only: true,
+        env: "ISOBENCH_ROOTFS_DISK".into(),
+    });
+    let rootfs_inside = format!("{cache_inside}/{rootfs_name}");
+    run.command = format!(
+        "ln -s \"$ISOBENCH_ROOTFS_DISK\" {rootfs_inside}/rootfs.ext4 && \
+         : > {rootfs_inside}/rootfs.tar && mkdir -p {rootfs_inside}/tree && \
+         ISOBENCH_CACHE_DIR={cache_inside} {}",
+        run.command
+    );
+    run.vcpus = u8::try_from(args.vcpus.max(1)).unwrap_or(u8::MAX);
+    run.memory_mib = args.memory + EMULATED_HOST_EXTRA_MIB;
+    run.timeout = Duration::from_secs_f64(args.ready_deadline + 120.0);
+
+    println!(
+        "emulated host: QEMU TCG with nested SVM; every figure below is an emulation timing, \
+         not comparable with hardware"
+    );
+    let output = match host.run(&run) {
+        Ok(output) => output,
+        Err(error) => {
+            if let Some(partial) = error.partial_output() {
+                print!("{}", String::from_utf8_lossy(&partial.stdout));
+                eprint!("{}", String::from_utf8_lossy(&partial.stderr));
+            }
+            return Err(error.into());
+        }
+    };
+    if let Some(kvm_ready) = output
+        .emulation_timings
+        .and_then(|timings| timings.kvm_ready)
+    {
+        println!(
+            "emulated host: QEMU start to /dev/kvm ready {:.1} ms",
+            kvm_ready.as_secs_f64() * 1e3
+        );
+    }
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    Ok(match output.exit_status {
+        0 => ExitCode::SUCCESS,
+        status => ExitCode::from(u8::try_from(status).unwrap_or(1)),
+    })
+}
+
+fn kernel_flag(kernel: KernelArg) -> &'static str {
+    match kernel {
+        KernelArg::Vmlinux => "vmlinux",
+        KernelArg::Bzimage => "bzimage",
     }
 }

@@ -12,7 +12,7 @@ use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_info};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
-use linux_loader::loader::{load_cmdline, KernelLoader};
+use linux_loader::loader::{load_cmdline, KernelLoader, KernelLoaderResult};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::arch::layout::{
@@ -119,15 +119,20 @@ pub fn build_cmdline(config: &VmConfig, devices: &[VirtioMmioEntry]) -> Result<C
     Ok(cmdline)
 }
 
-/// Loads the guest kernel at `path` into `mem` and writes the command line and the memory map
-/// for `mem_size` bytes of RAM.
-pub fn load(
+/// A guest kernel image loaded into guest memory, before its boot parameters are written.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadedKernel {
+    format: KernelFormat,
+    result: KernelLoaderResult,
+}
+
+/// Loads the guest kernel at `path` into `mem`. This is the slow step of setup (the image is
+/// copied into freshly faulted guest pages), so it may run while the VM is being created.
+pub fn load_image(
     mem: &GuestMemoryMmap,
     path: &Path,
     format: KernelFormat,
-    cmdline: &Cmdline,
-    mem_size: u64,
-) -> Result<KernelEntry, BootError> {
+) -> Result<LoadedKernel, BootError> {
     let display = path.display().to_string();
     let mut file = File::open(path).map_err(|source| BootError::Open {
         path: display.clone(),
@@ -137,6 +142,28 @@ pub fn load(
         path: display.clone(),
         detail: error.to_string(),
     };
+    let highmem = Some(GuestAddress(HIMEM_START));
+    let result = match format {
+        KernelFormat::Elf => Elf::load(mem, None, &mut file, highmem).map_err(load_error)?,
+        KernelFormat::BzImage => {
+            BzImage::load(mem, None, &mut file, highmem).map_err(load_error)?
+        }
+    };
+    let has_pvh_entry = matches!(result.pvh_boot_cap, PvhBootCapability::PvhEntryPresent(_));
+    if format == KernelFormat::Elf && !has_pvh_entry {
+        return Err(BootError::NoPvhEntry(display));
+    }
+    Ok(LoadedKernel { format, result })
+}
+
+/// Writes the command line and the memory map for `mem_size` bytes of RAM (PVH start info or
+/// zero page) for a loaded kernel, and returns its entry.
+pub fn write_boot_params(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    cmdline: &Cmdline,
+    mem_size: u64,
+) -> Result<KernelEntry, BootError> {
     let cmdline_len = cmdline
         .as_cstring()
         .map_err(|e| BootError::Cmdline(e.to_string()))?
@@ -145,12 +172,10 @@ pub fn load(
     load_cmdline(mem, GuestAddress(CMDLINE_ADDR), cmdline)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
 
-    match format {
+    match kernel.format {
         KernelFormat::Elf => {
-            let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
-                .map_err(load_error)?;
-            let PvhBootCapability::PvhEntryPresent(entry) = result.pvh_boot_cap else {
-                return Err(BootError::NoPvhEntry(display));
+            let PvhBootCapability::PvhEntryPresent(entry) = kernel.result.pvh_boot_cap else {
+                return Err(BootError::BootParams("the kernel has no PVH entry".into()));
             };
             write_pvh_start_info(mem, mem_size)?;
             Ok(KernelEntry {
@@ -160,18 +185,16 @@ pub fn load(
             })
         }
         KernelFormat::BzImage => {
-            let result = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
-                .map_err(load_error)?;
-            let header = result.setup_header.ok_or_else(|| BootError::Load {
-                path: display.clone(),
-                detail: "no setup header".to_string(),
-            })?;
+            let header = kernel
+                .result
+                .setup_header
+                .ok_or_else(|| BootError::BootParams("the bzImage has no setup header".into()))?;
             write_zero_page(mem, header, cmdline_len, mem_size)?;
             // The 64-bit entry point, startup_64, sits 0x200 bytes into the protected-mode
             // kernel (Documentation/arch/x86/boot.rst, "64-bit Boot Protocol").
             Ok(KernelEntry {
                 mode: EntryMode::Long64,
-                entry: result.kernel_load.0 + 0x200,
+                entry: kernel.result.kernel_load.0 + 0x200,
                 boot_info: ZERO_PAGE_ADDR,
             })
         }

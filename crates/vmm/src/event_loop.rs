@@ -67,7 +67,7 @@ impl EventLoop {
         // SAFETY: `epoll` is a new descriptor owned from here on.
         let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
         let set = signal_set();
-        // SAFETY: signalfd reads `set`; -1 asks for a new descriptor; the result is checked.
+        // SAFETY: signalfd reads `set`, and -1 requests a new descriptor; the result is checked.
         let signals =
             check(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
         // SAFETY: `signals` is a new descriptor owned from here on.

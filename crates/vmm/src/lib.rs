@@ -29,6 +29,7 @@ pub mod devices;
 pub mod emulated;
 pub mod event_loop;
 pub mod events;
+pub mod logger;
 pub mod memory;
 pub mod supervisor;
 pub mod vcpu;

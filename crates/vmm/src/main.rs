@@ -14,6 +14,7 @@ use isobench_vmm::config::{Destination, MemoryOptions, NetConfig, DEFAULT_BOOT_A
 use isobench_vmm::devices::serial::file_from_fd;
 use isobench_vmm::event_loop::block_termination_signals;
 use isobench_vmm::events::{exit_status, monotonic_us, Event, EventSink, CLOCK_NAME};
+use isobench_vmm::logger::StderrLogger;
 use isobench_vmm::{run_vm, VmConfig};
 
 /// Boots the guest kernel in a KVM microVM with a virtio-blk root disk and a virtio-net link
@@ -143,12 +144,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
-    tracing_subscriber::fmt()
-        .with_max_level(args.log_level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    StderrLogger::install(args.log_level);
 
     let events = match event_sink(&args.events) {
         Ok(sink) => Arc::new(sink),

@@ -19,7 +19,7 @@ pub enum MemoryError {
     Map {
         /// Size of the range.
         size_mib: u64,
-        /// What to do, for huge pages.
+        /// Advice for huge pages, empty otherwise.
         hint: &'static str,
         /// The mmap error.
         #[source]

@@ -89,13 +89,13 @@ pub struct ExitCounters {
     pub unhandled_mmio: AtomicU64,
 }
 
-/// What the vCPU threads share.
+/// State shared by the vCPU threads.
 pub struct VcpuShared {
     /// Port I/O bus.
     pub pio: Bus,
     /// MMIO bus.
     pub mmio: Bus,
-    /// Where the VM's end is recorded.
+    /// Latch that records why the VM ends.
     pub latch: Arc<ExitLatch>,
     /// Event output.
     pub events: Arc<EventSink>,
@@ -107,7 +107,7 @@ pub struct VcpuShared {
     pub vcpu_count: u32,
 }
 
-/// What the run loop does after an exit.
+/// Next step of the run loop after an exit.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ExitAction {
     /// Enter the guest again.

@@ -16,8 +16,8 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::layout::{self, SERIAL_IRQ, VIRTIO_IRQ_BASE};
 use crate::arch::regs;
 use crate::arch::{cpuid, mptable};
-use crate::boot::{self, BootError, KernelEntry, VirtioMmioEntry};
-use crate::config::{ConfigError, KernelFormat, VmConfig};
+use crate::boot::{self, BootError, KernelEntry, LoadedKernel, VirtioMmioEntry};
+use crate::config::{ConfigError, VmConfig};
 use crate::devices::legacy::{
     MarkerPort, ResetTrigger, I8042, I8042_PORT, I8042_PORTS, MARKER_PORT,
 };
@@ -138,6 +138,16 @@ pub struct Machine {
 impl Machine {
     /// Creates the VM, guest RAM and every device of `config`.
     pub fn create(config: &VmConfig, events: Arc<EventSink>) -> Result<Self, VmmError> {
+        let mem = memory::create(config.memory_bytes(), config.memory)?;
+        Self::create_with_memory(config, events, mem)
+    }
+
+    /// Creates the VM and every device of `config` around guest RAM `mem`.
+    pub fn create_with_memory(
+        config: &VmConfig,
+        events: Arc<EventSink>,
+        mem: GuestMemoryMmap,
+    ) -> Result<Self, VmmError> {
         let kvm = open_kvm()?;
         for (cap, name) in [
             (Cap::Irqchip, "IRQCHIP"),
@@ -174,7 +184,6 @@ impl Machine {
         };
         vm.create_pit2(pit).map_err(kvm_error("create PIT"))?;
 
-        let mem = memory::create(config.memory_bytes(), config.memory)?;
         for (slot, region) in mem.iter().enumerate() {
             let region_info = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -283,21 +292,15 @@ impl Machine {
         &self.mem
     }
 
-    /// Builds the command line, loads the guest kernel and writes the MP table and the boot
-    /// tables.
-    pub fn load_kernel(
+    /// Builds the command line and writes it with the boot parameters of the loaded `kernel`
+    /// and the MP table.
+    pub fn write_boot_params(
         &self,
         config: &VmConfig,
-        format: KernelFormat,
+        kernel: &LoadedKernel,
     ) -> Result<KernelEntry, VmmError> {
         let cmdline = boot::build_cmdline(config, &self.virtio_entries)?;
-        let entry = boot::load(
-            &self.mem,
-            &config.kernel,
-            format,
-            &cmdline,
-            config.memory_bytes(),
-        )?;
+        let entry = boot::write_boot_params(&self.mem, kernel, &cmdline, config.memory_bytes())?;
         mptable::write(&self.mem, self.vcpu_count)?;
         Ok(entry)
     }
@@ -366,18 +369,40 @@ impl Machine {
 pub fn run_vm(config: &VmConfig, events: Arc<EventSink>) -> Result<ExitReason, VmmError> {
     let started = std::time::Instant::now();
     let step = |name: &str| {
-        tracing::debug!(
-            step = name,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "setup step done"
-        )
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        tracing::debug!(step = name, elapsed_us, "setup step done");
     };
     let format = config.validate()?;
-    step("validate");
-    let mut machine = Machine::create(config, events)?;
-    step("create VM and devices");
-    let entry = machine.load_kernel(config, format)?;
-    step("load guest kernel");
+    let mem = memory::create(config.memory_bytes(), config.memory)?;
+    step("validate and map guest RAM");
+
+    // Copying the guest kernel into guest RAM overlaps with the KVM ioctls of VM creation,
+    // which spend their time in the host kernel.
+    let (machine, kernel) = std::thread::scope(|scope| {
+        let loader = std::thread::Builder::new()
+            .name("loader".into())
+            .spawn_scoped(scope, || boot::load_image(&mem, &config.kernel, format));
+        let machine = Machine::create_with_memory(config, events, mem.clone());
+        let kernel = match loader {
+            Ok(handle) => handle.join().unwrap_or_else(|_| {
+                Err(BootError::Load {
+                    path: config.kernel.display().to_string(),
+                    detail: "the loader thread panicked".into(),
+                })
+            }),
+            Err(error) => {
+                // No thread: load on this one.
+                tracing::debug!(%error, "cannot start the loader thread");
+                boot::load_image(&mem, &config.kernel, format)
+            }
+        };
+        (machine, kernel)
+    });
+    let mut machine = machine?;
+    let kernel = kernel?;
+    step("create VM and devices, load guest kernel");
+    let entry = machine.write_boot_params(config, &kernel)?;
+    step("write boot parameters");
     machine.create_vcpus(&entry)?;
     step("create vCPUs");
     machine.run()

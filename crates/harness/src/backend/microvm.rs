@@ -4,8 +4,8 @@
 //! Launch steps:
 //!
 //! 1. Pick a free /30 link in 172.30.0.0/16 (no local address or route in it) and a TAP name
-//!    derived from the run id; the VMM creates the TAP device, sets the host address on it and
-//!    the guest's through the kernel's `ip=` parameter. The TAP device is not persistent, so
+//!    derived from the run id. The VMM creates the TAP device and sets the host address on it,
+//!    and the guest's address through the kernel's `ip=` parameter. The TAP device is not persistent, so
 //!    it disappears with the VMM process, whatever way that ends.
 //! 2. Spawn `isobench-vmm` with the Jupyter parameters on the kernel command line, its events
 //!    on a pipe and its console in a per-trial file.
@@ -56,7 +56,7 @@ const LAUNCH_POLL_INTERVAL: Duration = Duration::from_millis(2);
 
 static TRIAL_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Which guest kernel file the microVM boots.
+/// Guest kernel file the microVM boots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GuestKernel {
     /// The uncompressed `vmlinux` through the PVH entry.
@@ -282,7 +282,7 @@ impl Drop for TrialDir {
     }
 }
 
-/// What the event reader shares with the instance.
+/// State shared by the event reader and the instance.
 #[derive(Default)]
 struct Shared {
     marks: Vec<PhaseMark>,

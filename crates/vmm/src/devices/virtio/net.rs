@@ -2,9 +2,9 @@
 //! queue, checksum and TCP segmentation offloads in both directions, the MAC address and the
 //! TAP's MTU in the configuration space.
 //!
-//! Frames move through a bounce buffer: a received frame is read from the TAP first and only
-//! then given a receive chain, so a guest that posts no buffers never loses a frame, it just
-//! waits (the frame is kept until the driver posts a buffer).
+//! Frames move through a bounce buffer. A received frame is read from the TAP first and only
+//! then given a receive chain, so a guest that posts no buffers loses no frame: the frame is
+//! kept until the driver posts a buffer.
 
 use std::io;
 
@@ -49,7 +49,7 @@ pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
 pub const MAX_FRAME_SIZE: usize = tap::VNET_HDR_SIZE + 65_535 + 14 + 4;
 
 /// The `TUN_F_*` offloads that match the features the driver negotiated: the TAP may hand
-/// the guest only what the guest's driver said it accepts.
+/// the guest only the offloads its driver accepted.
 pub fn offloads_for(acked_features: u64) -> u32 {
     let mut flags = 0;
     if acked_features & VIRTIO_NET_F_GUEST_CSUM != 0 {
@@ -299,7 +299,7 @@ mod tests {
             ),
             // Segmentation without checksum offload is not a valid negotiation: nothing.
             (VIRTIO_NET_F_GUEST_TSO4, 0),
-            // Host-side features say what the device accepts, not what the TAP may send.
+            // Host-side features describe what the device accepts, not what the TAP may send.
             (VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4, 0),
         ];
         for (features, expected) in cases {
