@@ -64,7 +64,7 @@ impl ContainerExit {
 }
 
 /// Shared, append-only list of phase marks.
-type SharedMarks = Arc<Mutex<Vec<Mark>>>;
+pub(crate) type SharedMarks = Arc<Mutex<Vec<Mark>>>;
 /// Shared tail of the container's output.
 type SharedOutput = Arc<Mutex<VecDeque<u8>>>;
 
@@ -138,7 +138,7 @@ impl Container {
         &self.engine
     }
 
-    /// Phase marks received so far, in order of arrival.
+    /// Phase marks received so far, in time order.
     pub fn marks(&self) -> Vec<Mark> {
         self.marks
             .lock()
@@ -348,6 +348,13 @@ impl Drop for RemovalGuard {
     }
 }
 
+/// Adds a mark at its place in time order; the list is otherwise appended to in arrival order.
+pub(crate) fn insert_mark(marks: &SharedMarks, mark: Mark) {
+    let mut marks = marks.lock().unwrap_or_else(PoisonError::into_inner);
+    let position = marks.partition_point(|earlier| earlier.at <= mark.at);
+    marks.insert(position, mark);
+}
+
 /// Starts the task that reads the attach stream: it stamps each entrypoint marker with
 /// `Instant::now()` as its bytes arrive and keeps the output's last [`OUTPUT_TAIL_BYTES`].
 pub(crate) fn spawn_output_reader(
@@ -451,6 +458,24 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["init_started"]);
         assert!(output_text(&tail).ends_with("_started\x1f"));
+    }
+
+    #[test]
+    fn insert_mark_keeps_time_order() {
+        let start = Instant::now();
+        let mark = |name: &str, offset_ms: u64| Mark {
+            name: name.to_string(),
+            at: start + Duration::from_millis(offset_ms),
+        };
+        let marks: SharedMarks = Arc::new(Mutex::new(vec![mark("a", 0), mark("c", 20)]));
+        insert_mark(&marks, mark("b", 10));
+        let names: Vec<String> = marks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        assert_eq!(names, vec!["a", "b", "c"]);
     }
 
     #[tokio::test]

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!   create ──► "container_created"      (name, labels, limits, read-only root, tmpfs)
-//!   attach ──► reader task              (stdout and stderr; scans markers, keeps the tail)
-//!   start  ──► "container_started"
+//!   attach ──► reader task              (stdout and stderr; stamps markers, keeps the tail)
+//!   start  ──► "container_started"      (inserted in time order: markers may come first)
 //!   inspect ─► address on the run's network, PID of the container's init
 //! ```
 //!
@@ -22,7 +22,7 @@ use bollard::query_parameters::{
 };
 use tracing::debug;
 
-use crate::container::{spawn_output_reader, Container, Mark, RemovalGuard};
+use crate::container::{insert_mark, spawn_output_reader, Container, Mark, RemovalGuard};
 use crate::engine::Engine;
 use crate::error::ContainerError;
 use crate::network::{validate_run_id, NAME_PREFIX};
@@ -176,7 +176,7 @@ impl Engine {
         config: &LaunchConfig,
         id: &str,
         name: &str,
-        mut marks: Vec<Mark>,
+        marks: Vec<Mark>,
     ) -> Result<Container, ContainerError> {
         let attach_options = AttachContainerOptionsBuilder::new()
             .stream(true)
@@ -190,6 +190,10 @@ impl Engine {
                 self.docker().attach_container(id, Some(attach_options)),
             )
             .await?;
+        // Reading starts before start, so a marker written while the start call is still in
+        // flight is stamped when it arrives, not when the call returns.
+        let (marks, output, reader) = spawn_output_reader(attached.output, marks);
+        let mut reader = AbortOnDrop(Some(reader));
 
         let started = self
             .call(
@@ -205,11 +209,13 @@ impl Engine {
             Err(error) if error.status_code() == Some(304) => {}
             Err(error) => return Err(error),
         }
-        marks.push(Mark {
-            name: "container_started".to_string(),
-            at: started_at,
-        });
-        let (marks, output, reader) = spawn_output_reader(attached.output, marks);
+        insert_mark(
+            &marks,
+            Mark {
+                name: "container_started".to_string(),
+                at: started_at,
+            },
+        );
 
         let inspected = self
             .call(
@@ -234,6 +240,7 @@ impl Engine {
         })?;
         debug!(container = name, %address, ?init_pid, "container started");
 
+        let reader = reader.0.take().expect("reader present until handed over");
         Ok(Container::new(
             self.clone(),
             id.to_string(),
@@ -272,6 +279,17 @@ impl Engine {
                 runtime: runtime.to_string(),
                 available,
             })
+        }
+    }
+}
+
+/// Aborts the output reader if the launch fails before handing it to the [`Container`].
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(reader) = self.0.take() {
+            reader.abort();
         }
     }
 }

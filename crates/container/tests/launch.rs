@@ -43,14 +43,15 @@ async fn kernel_answers_at_container_address() {
     let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_eq!(uname.trim(), host_release.trim());
     assert!(meminfo.contains("MemTotal:"), "{meminfo}");
-    assert_eq!(
-        marks,
-        vec![
-            "container_created",
-            "container_started",
-            "init_started",
-            "exec_kernel"
-        ]
+    // The entrypoint's markers often arrive before the start call returns, so only create
+    // first and the markers' order among themselves are fixed.
+    let position = |name: &str| marks.iter().position(|mark| mark == name);
+    assert_eq!(marks.len(), 4, "{marks:?}");
+    assert_eq!(position("container_created"), Some(0), "{marks:?}");
+    assert!(position("container_started").is_some(), "{marks:?}");
+    assert!(
+        position("init_started") < position("exec_kernel"),
+        "{marks:?}"
     );
     assert!(exit.is_some());
 }
@@ -69,6 +70,13 @@ async fn marks_arrive_in_time_order() {
     client.shutdown().await.unwrap();
     container.stop().await.unwrap();
     engine.remove_network(&network.id).await.unwrap();
+    for mark in &marks {
+        let offset = mark.at.duration_since(marks[0].at).as_secs_f64() * 1e3;
+        eprintln!(
+            "mark {} at +{offset:.1} ms after create returned",
+            mark.name
+        );
+    }
 
     for pair in marks.windows(2) {
         assert!(
