@@ -55,7 +55,7 @@ pub enum BootError {
     BootParams(String),
 }
 
-/// Where and how the boot vCPU enters the guest kernel.
+/// Entry point and mode of the boot vCPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelEntry {
     /// Boot protocol.

@@ -83,7 +83,7 @@ pub enum ConfigError {
     InvalidDestination(String),
 }
 
-/// Which boot protocol a guest kernel file uses, detected from its first bytes.
+/// Boot protocol of a guest kernel file, detected from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelFormat {
     /// ELF `vmlinux`, entered through PVH.
@@ -101,7 +101,7 @@ impl fmt::Display for KernelFormat {
     }
 }
 
-/// Where a byte stream (the serial console, the events) goes.
+/// Destination of a byte stream (the serial console, the events).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
     /// Discarded.
@@ -285,7 +285,7 @@ impl VmConfig {
     }
 }
 
-/// Reads the first bytes of `path` and tells an ELF file from a `bzImage` (the `HdrS` magic
+/// Reads the first bytes of `path` and distinguishes an ELF file from a `bzImage` (the `HdrS` magic
 /// at offset 0x202, Linux boot protocol 2.00 and later).
 pub fn detect_kernel_format(path: &std::path::Path) -> Result<KernelFormat, ConfigError> {
     let unreadable = |source| ConfigError::KernelUnreadable {

@@ -1,4 +1,4 @@
-//! The MP table (Intel MultiProcessor Specification 1.4), which tells the guest kernel about
+//! The MP table (Intel MultiProcessor Specification 1.4), which describes to the guest kernel
 //! its vCPUs, the ISA bus and the IOAPIC when there is no ACPI.
 //!
 //! The table is written as bytes in the little-endian layout of the specification's chapter 4

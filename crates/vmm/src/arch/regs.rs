@@ -40,7 +40,7 @@ pub enum RegsError {
     },
 }
 
-/// How the guest kernel is entered.
+/// Entry mode of the guest kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryMode {
     /// PVH: 32-bit protected mode, paging off, `ebx` = start info address.

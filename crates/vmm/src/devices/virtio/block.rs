@@ -81,7 +81,7 @@ pub struct Request {
     pub status: GuestAddress,
 }
 
-/// Why a request cannot run; with a status byte it still completes, with that status.
+/// Reasons a request cannot run. A request with a status byte still completes, with an error status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// The chain itself is invalid; nothing is written.
@@ -93,9 +93,9 @@ pub enum RequestError {
     /// The request is malformed but has a status byte.
     #[error("malformed request: {reason}")]
     Malformed {
-        /// Where its status goes.
+        /// Address of its status byte.
         status: GuestAddress,
-        /// What is wrong.
+        /// Description of the problem.
         reason: &'static str,
     },
 }

@@ -21,7 +21,7 @@ pub struct Desc {
     pub writable: bool,
 }
 
-/// Why a descriptor chain was rejected.
+/// Reasons a descriptor chain is rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     /// The chain has no descriptor.
@@ -251,7 +251,7 @@ mod tests {
     fn chain_longer_than_queue_rejected() {
         let mem = memory(MEM_SIZE);
         let mut queue = queue(4);
-        // Four descriptors that all say NEXT, the last pointing past the table.
+        // Four descriptors that all have NEXT set, the last pointing past the table.
         for index in 0..4 {
             write_desc(&mem, index, 0x8000, 16, F_NEXT, index + 1);
         }

@@ -219,7 +219,7 @@ impl MmioTransport {
             let acceptable = self.acked_features & !offered == 0
                 && self.acked_features & VIRTIO_F_VERSION_1 != 0;
             if !acceptable {
-                // Leaving FEATURES_OK clear tells the driver the subset was refused.
+                // Leaving FEATURES_OK clear signals to the driver that the subset was rejected.
                 value &= !status::FEATURES_OK;
             }
         }
@@ -368,5 +368,139 @@ impl BusDevice for MmioTransport {
         } else {
             self.error_count += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::block::Block;
+    use super::super::chain::testing;
+    use super::*;
+
+    fn transport() -> (MmioTransport, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!(
+            "isobench-mmio-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let block = Block::open(&path, false).unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let transport =
+            MmioTransport::new(Box::new(block), testing::memory(0x10_0000), irq).unwrap();
+        (transport, path)
+    }
+
+    fn read32(transport: &mut MmioTransport, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        transport.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn write32(transport: &mut MmioTransport, offset: u64, value: u32) {
+        transport.write(offset, &value.to_le_bytes());
+    }
+
+    /// Programs queue 0 at the test ring addresses and sets DRIVER_OK.
+    fn start_driver(transport: &mut MmioTransport, features_high: u32) {
+        write32(
+            transport,
+            regs::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER,
+        );
+        write32(transport, regs::DRIVER_FEATURES_SEL, 1);
+        write32(transport, regs::DRIVER_FEATURES, features_high);
+        let negotiating = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        write32(transport, regs::STATUS, negotiating);
+        write32(transport, regs::QUEUE_SEL, 0);
+        write32(transport, regs::QUEUE_NUM, 8);
+        write32(transport, regs::QUEUE_DESC_LOW, testing::DESC_TABLE as u32);
+        write32(
+            transport,
+            regs::QUEUE_DRIVER_LOW,
+            testing::AVAIL_RING as u32,
+        );
+        write32(transport, regs::QUEUE_DEVICE_LOW, testing::USED_RING as u32);
+        write32(transport, regs::QUEUE_READY, 1);
+        let status = read32(transport, regs::STATUS);
+        write32(transport, regs::STATUS, status | status::DRIVER_OK);
+    }
+
+    #[test]
+    fn mmio_identifies_version_2_block_device() {
+        let (mut transport, path) = transport();
+        assert_eq!(read32(&mut transport, regs::MAGIC_VALUE), MAGIC);
+        assert_eq!(read32(&mut transport, regs::VERSION), 2);
+        assert_eq!(read32(&mut transport, regs::DEVICE_ID), 2);
+        write32(&mut transport, regs::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(
+            read32(&mut transport, regs::DEVICE_FEATURES),
+            1,
+            "VERSION_1 is bit 32"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn mmio_rejects_features_without_version_1() {
+        let (mut transport, path) = transport();
+        start_driver(&mut transport, 0);
+        assert_eq!(transport.status() & status::FEATURES_OK, 0);
+        assert_eq!(transport.status() & status::DRIVER_OK, status::DRIVER_OK);
+        transport.process(DeviceEvent::Queue(0));
+        assert_eq!(
+            testing::used_index(&transport.mem),
+            0,
+            "an unstarted device does nothing"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn mmio_activates_with_version_1() {
+        let (mut transport, path) = transport();
+        start_driver(&mut transport, 1);
+        assert_ne!(transport.status() & status::FEATURES_OK, 0);
+        assert_eq!(transport.acked_features(), VIRTIO_F_VERSION_1);
+        assert_eq!(transport.status() & status::DEVICE_NEEDS_RESET, 0);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn mmio_avail_index_past_size_fails_device() {
+        let (mut transport, path) = transport();
+        start_driver(&mut transport, 1);
+        testing::set_avail_index(&transport.mem, 9);
+        transport.process(DeviceEvent::Queue(0));
+        assert_ne!(transport.status() & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(
+            read32(&mut transport, regs::INTERRUPT_STATUS) & INTERRUPT_CONFIG,
+            INTERRUPT_CONFIG
+        );
+        write32(&mut transport, regs::STATUS, 0);
+        assert_eq!(transport.status(), 0, "a reset clears the failure");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn mmio_survives_odd_accesses() {
+        let (mut transport, path) = transport();
+        let before = transport.error_count();
+        let mut wide = [0xffu8; 8];
+        transport.read(regs::MAGIC_VALUE, &mut wide);
+        assert_eq!(wide, [0; 8], "an 8-byte register read returns zeros");
+        transport.write(regs::STATUS + 1, &[1, 2]);
+        write32(&mut transport, regs::QUEUE_SEL, 77);
+        write32(&mut transport, regs::QUEUE_NUM, 8);
+        assert_eq!(
+            read32(&mut transport, regs::QUEUE_NUM_MAX),
+            0,
+            "no queue 77"
+        );
+        write32(&mut transport, regs::QUEUE_NOTIFY, 1000);
+        let mut config = [0u8; 4];
+        transport.read(0xffc, &mut config);
+        assert!(transport.error_count() > before);
+        std::fs::remove_file(path).unwrap();
     }
 }
