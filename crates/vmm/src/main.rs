@@ -1,8 +1,13 @@
 //! `isobench-vmm`: boots one microVM and reports its progress as JSON-lines events.
 //!
-//! Exit status: 0 when the guest reset or powered off, 1 when setup failed (a one-line error
-//! on standard error says why), 2 for invalid usage, 3 when a vCPU failed, 4 on a guest triple
-//! fault, 5 when the event loop failed, and 128 + N when stopped by signal N (143 for SIGTERM).
+//! Exit status:
+//! - 0: the guest reset or powered off;
+//! - 1: setup failed, and a one-line error on standard error says why;
+//! - 2: invalid usage;
+//! - 3: a vCPU failed;
+//! - 4: the guest triple-faulted;
+//! - 5: the event loop failed;
+//! - 128 + N: stopped by signal N (143 for SIGTERM).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -193,7 +193,7 @@ impl Machine {
                 userspace_addr: region.as_ptr() as u64,
             };
             // SAFETY: the region is a live mapping of exactly `memory_size` bytes owned by
-            // `mem`, which the Machine keeps until the VM is dropped; slots do not overlap
+            // `mem`, which the Machine keeps until the VM is dropped. Slots do not overlap
             // because the RAM ranges do not.
             unsafe { vm.set_user_memory_region(region_info) }
                 .map_err(kvm_error("set memory region"))?;
