@@ -265,6 +265,76 @@ fn container_launch(criterion: &mut Criterion) {
         })
     });
     group.finish();
+
+    interleaved_comparison(&setup, &mut trial);
+}
+
+/// Number of driver/CLI pairs in the interleaved comparison.
+const INTERLEAVED_PAIRS: u32 = 10;
+
+/// Launches the two variants alternately, so host load changes hit both alike, and prints
+/// both medians, their spread and a two-sided sign test over the pairs.
+fn interleaved_comparison(setup: &Setup, trial: &mut u32) {
+    let mut driver = Vec::new();
+    let mut cli = Vec::new();
+    for pair in 0..INTERLEAVED_PAIRS {
+        *trial += 2;
+        // Alternate which variant goes first, so neither always runs on a warmer host.
+        if pair % 2 == 0 {
+            driver.push(setup.launch_with_driver(*trial).as_secs_f64());
+            cli.push(setup.launch_with_cli(*trial + 1).as_secs_f64());
+        } else {
+            cli.push(setup.launch_with_cli(*trial + 1).as_secs_f64());
+            driver.push(setup.launch_with_driver(*trial).as_secs_f64());
+        }
+    }
+    let driver_faster = driver.iter().zip(&cli).filter(|(d, c)| d < c).count() as u32;
+    eprintln!(
+        "container_launch: interleaved, {INTERLEAVED_PAIRS} pairs: driver median {:.3} s \
+         (min {:.3}, max {:.3}), docker run median {:.3} s (min {:.3}, max {:.3}); driver \
+         faster in {driver_faster} pairs, two-sided sign test p = {:.3}",
+        median(&driver),
+        min(&driver),
+        max(&driver),
+        median(&cli),
+        min(&cli),
+        max(&cli),
+        sign_test_p(driver_faster, INTERLEAVED_PAIRS),
+    );
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 0 {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    }
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// Two-sided exact sign test: the probability, if both variants were equally fast, of a
+/// split at least as uneven as `successes` of `trials`.
+fn sign_test_p(successes: u32, trials: u32) -> f64 {
+    let extreme = successes.min(trials - successes);
+    let mut tail = 0.0;
+    let mut binomial = 1.0f64;
+    for k in 0..=extreme {
+        if k > 0 {
+            binomial *= f64::from(trials - k + 1) / f64::from(k);
+        }
+        tail += binomial;
+    }
+    (2.0 * tail / 2f64.powi(trials as i32)).min(1.0)
 }
 
 criterion_group!(benches, container_launch);
