@@ -6,8 +6,11 @@
 //! image's, so the figure includes loading it; the VMM is stopped with SIGTERM right after.
 //!
 //! Memory overhead is the VMM's RSS minus its guest-RAM mappings (Firecracker's definition),
-//! sampled 200 ms after `vcpus_running`; its median over the samples is printed with the git
-//! revision, date and host, since criterion only records times.
+//! sampled 200 ms after `vcpus_running`. Its median over the samples is printed with the git
+//! revision, date and host, because criterion only records times. Printed beside it is the
+//! CPU time the VMM's threads other than the vCPUs used until `vcpus_running`, from
+//! `/proc/PID/task/*/schedstat`: setup time minus that is time spent waiting, for the CPU or
+//! in the host kernel.
 //!
 //! Build the VMM first: `cargo build --release -p isobench-vmm`.
 
@@ -26,8 +29,33 @@ use isobench_vmm::supervisor::{
 /// Delay between `vcpus_running` and the memory sample.
 const MEMORY_SAMPLE_DELAY: Duration = Duration::from_millis(200);
 
-/// One VMM start: setup time, and the overhead sample when asked for.
-fn start_once(command: &VmmCommand, sample_memory: bool) -> (Duration, Option<u64>) {
+/// Figures of one VMM start.
+struct Start {
+    setup: Duration,
+    overhead_bytes: Option<u64>,
+    setup_cpu: Option<Duration>,
+}
+
+/// CPU time used so far by the threads of `pid` that are not vCPU threads.
+fn non_vcpu_cpu_time(pid: u32) -> Option<Duration> {
+    let mut total_ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("vcpu") {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        total_ns += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total_ns))
+}
+
+/// Starts the VMM once, waits for `vcpus_running` and stops it; samples memory and CPU time
+/// when `sample` is set.
+fn start_once(command: &VmmCommand, sample: bool) -> Start {
     let clock = ClockMapping::now();
     let spawned_at = Instant::now();
     let mut child = command.command().spawn().expect("isobench-vmm starts");
@@ -52,14 +80,20 @@ fn start_once(command: &VmmCommand, sample_memory: bool) -> (Duration, Option<u6
             String::from_utf8_lossy(&output.stderr)
         );
     };
-    let overhead = sample_memory.then(|| {
+    let setup_cpu = sample.then(|| non_vcpu_cpu_time(child.id())).flatten();
+    let overhead_bytes = sample.then(|| {
         std::thread::sleep(MEMORY_SAMPLE_DELAY);
         vmm_overhead_bytes(child.id(), &guest_ram).expect("smaps is readable")
     });
+
     // SAFETY: the child is running and not reaped, so its pid is valid.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let _ = child.wait();
-    (running_at.saturating_duration_since(spawned_at), overhead)
+    Start {
+        setup: running_at.saturating_duration_since(spawned_at),
+        overhead_bytes,
+        setup_cpu,
+    }
 }
 
 fn git_revision() -> String {
@@ -105,6 +139,7 @@ fn vmm_setup(criterion: &mut Criterion) {
             return;
         }
     };
+    println!("VMM binary: {}", binary.display());
     let variants = [
         (
             "vmlinux_1vcpu",
@@ -129,34 +164,56 @@ fn vmm_setup(criterion: &mut Criterion) {
     for (name, command) in &variants {
         group.bench_function(*name, |bencher| {
             bencher.iter_custom(|iterations| {
-                (0..iterations).map(|_| start_once(command, false).0).sum()
+                (0..iterations)
+                    .map(|_| start_once(command, false).setup)
+                    .sum()
             });
         });
     }
     group.finish();
 
     for (name, command) in &variants {
-        let mut samples: Vec<u64> = (0..10)
-            .filter_map(|_| start_once(command, true).1)
+        let starts: Vec<Start> = (0..10).map(|_| start_once(command, true)).collect();
+        let mut overheads: Vec<u64> = starts.iter().filter_map(|s| s.overhead_bytes).collect();
+        let mut cpu_ms: Vec<f64> = starts
+            .iter()
+            .filter_map(|s| s.setup_cpu.map(|d| d.as_secs_f64() * 1e3))
             .collect();
-        samples.sort_unstable();
-        let median = samples[samples.len() / 2];
+        let mut setup_ms: Vec<f64> = starts.iter().map(|s| s.setup.as_secs_f64() * 1e3).collect();
+        overheads.sort_unstable();
+        cpu_ms.sort_by(f64::total_cmp);
+        setup_ms.sort_by(f64::total_cmp);
+        let mib = |bytes: u64| bytes as f64 / 1048576.0;
         println!(
-            "vmm_overhead {name}: median {:.2} MiB, min {:.2} MiB, max {:.2} MiB over {} samples \
-             (git {}, {}, {}, unix time {})",
-            median as f64 / 1048576.0,
-            samples[0] as f64 / 1048576.0,
-            samples[samples.len() - 1] as f64 / 1048576.0,
-            samples.len(),
+            "vmm_overhead {name}: median {:.2} MiB, min {:.2} MiB, max {:.2} MiB; setup CPU time \
+             median {:.2} ms against setup time median {:.2} ms; {} samples \
+             (git {}, {}, load average {}, unix time {})",
+            mib(overheads[overheads.len() / 2]),
+            mib(overheads[0]),
+            mib(overheads[overheads.len() - 1]),
+            cpu_ms.get(cpu_ms.len() / 2).copied().unwrap_or(f64::NAN),
+            setup_ms[setup_ms.len() / 2],
+            starts.len(),
             git_revision(),
             cpu_model(),
-            binary.display(),
+            load_average(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         );
     }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 criterion_group!(benches, vmm_setup);

@@ -521,6 +521,8 @@ pub fn tap_name(run_id: &str, trial: u32) -> String {
 
 /// The first /30 of 172.30.0.0/16 with no local address and no route in it, and a TAP name
 /// that no existing link has.
+// NOTE: the link is free when chosen, not reserved: two launches from one harness at the same
+// time could pick the same /30 before either VMM has set its address. Trials run one at a time.
 fn free_link(run_id: &str, trial: u32) -> Option<TapLink> {
     let used = local_ipv4_addresses();
     let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
