@@ -13,8 +13,9 @@
 //! ```
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use jupyter_protocol::{
@@ -379,8 +380,7 @@ impl KernelClient {
         }
 
         let protocol = info.to_protocol();
-        // A random session id; `jupyter_client` uses a UUID, any unique string works.
-        let session_id = generate_key().unwrap_or_else(|_| format!("{:?}", Instant::now()));
+        let session_id = new_session_id();
         let connect_deadline = tokio::time::Instant::from_std(deadline);
 
         let iopub = tokio::time::timeout_at(
@@ -691,6 +691,20 @@ fn check_outcome(cell: &Cell, outcome: &ExecuteOutcome) -> Result<(), ClientErro
             cell: cell.name.clone(),
             detail,
         })
+}
+
+/// Returns a session id unique on this host: random when the system's generator works, else
+/// made of the process id, a counter and the time. `jupyter_client` uses a UUID; the kernel only
+/// needs the id to differ between clients.
+fn new_session_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    generate_key().unwrap_or_else(|_| {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        format!("isobench-{}-{count}-{nanos}", std::process::id())
+    })
 }
 
 fn duration_ns(duration: Duration) -> u64 {

@@ -313,7 +313,7 @@ async fn early_exit_reports_output() {
 }
 
 #[tokio::test]
-async fn wrong_key_is_bad_signature() {
+async fn wrong_key_never_ready() {
     let spec = spec(9, free_ports());
     let t0 = Instant::now();
     let instance = ProcessBackend::new().launch(&spec, t0).await.unwrap();
