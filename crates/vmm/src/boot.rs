@@ -316,4 +316,45 @@ mod tests {
             Err(BootError::Cmdline(_))
         ));
     }
+
+    #[test]
+    fn boot_structures_leave_cmdline_intact() {
+        use crate::arch::mptable;
+        use vm_memory::Bytes;
+
+        let mem_size = 64 << 20;
+        let mem = crate::memory::create(mem_size, Default::default()).unwrap();
+        let mut config = config();
+        config.extra_args = vec!["x".repeat(CMDLINE_CAPACITY - 400)];
+        let cmdline = build_cmdline(&config, &[]).unwrap();
+        let text = cmdline.as_cstring().unwrap();
+        let bytes = text.as_bytes_with_nul();
+        load_cmdline(&mem, GuestAddress(CMDLINE_ADDR), &cmdline).unwrap();
+
+        write_pvh_start_info(&mem, mem_size).unwrap();
+        write_zero_page(&mem, Default::default(), bytes.len(), mem_size).unwrap();
+        mptable::write(&mem, mptable::max_vcpus()).unwrap();
+        crate::arch::regs::write_boot_tables(&mem, EntryMode::Long64).unwrap();
+
+        let mut read_back = vec![0u8; bytes.len()];
+        mem.read_slice(&mut read_back, GuestAddress(CMDLINE_ADDR))
+            .unwrap();
+        assert_eq!(
+            read_back, bytes,
+            "the command line survived every other structure"
+        );
+        let table = mptable::build(mptable::max_vcpus(), layout::MPTABLE_ADDR).unwrap();
+        let mut written = vec![0u8; table.len()];
+        mem.read_slice(&mut written, GuestAddress(layout::MPTABLE_ADDR))
+            .unwrap();
+        assert_eq!(
+            written, table,
+            "the MP table survived the zero page and page tables"
+        );
+        let magic: u32 = mem.read_obj(GuestAddress(PVH_INFO_ADDR)).unwrap();
+        assert_eq!(
+            magic, PVH_START_MAGIC,
+            "the PVH start info survived the zero page"
+        );
+    }
 }
