@@ -41,6 +41,9 @@ pub fn create(size: u64, options: MemoryOptions) -> Result<GuestMemoryMmap, Memo
         flags |= libc::MAP_POPULATE;
     }
     if options.hugepages {
+        // Without MAP_NORESERVE the huge pages are reserved by mmap itself, so a shortage
+        // fails here with ENOMEM instead of as a fault while the guest kernel is copied in.
+        flags &= !libc::MAP_NORESERVE;
         flags |= libc::MAP_HUGETLB | libc::MAP_HUGE_2MB;
     }
     let mut regions = Vec::new();
