@@ -56,6 +56,9 @@ const MAX_PORT_ATTEMPTS: u32 = 3;
 /// Interval between checks of the kernel's listening sockets during launch.
 const LISTEN_POLL_INTERVAL: Duration = Duration::from_millis(5);
 
+/// Time a kernel is given to exit on its own in [`Instance::stop`] before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// Time allowed for the reader tasks to pass on the last output after the kernel exited.
 const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -243,7 +246,12 @@ impl Instance for ProcessInstance {
     }
 
     async fn stop(mut self: Box<Self>) -> Result<Option<ExitInfo>, BackendError> {
-        self.kernel.kill();
+        // A kernel that just got `shutdown_request` exits on its own within moments; only one
+        // that is still running after the grace period is killed.
+        let exited = tokio::time::timeout(STOP_GRACE, self.kernel.wait_exit()).await;
+        if exited.is_err() {
+            self.kernel.kill();
+        }
         let info = self.kernel.wait_exit().await;
         // Dropping `self` removes the mounts and the trial directory.
         Ok(Some(info))
