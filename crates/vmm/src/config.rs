@@ -66,6 +66,14 @@ pub enum ConfigError {
         /// Host RAM.
         host_mib: u64,
     },
+    /// Prefaulted memory exceeds what the host has available.
+    #[error("guest memory {mib} MiB cannot be prefaulted: this host has {available_mib} MiB available; pass a smaller --memory or drop --prefault")]
+    PrefaultTooLarge {
+        /// Size given.
+        mib: u64,
+        /// Host `MemAvailable`.
+        available_mib: u64,
+    },
     /// Huge pages need a multiple of 2 MiB.
     #[error("guest memory {mib} MiB is not a multiple of 2 MiB, which --hugepages needs")]
     MemoryNotHugeAligned {
@@ -259,6 +267,17 @@ impl VmConfig {
                 });
             }
         }
+        if let Some(available_mib) =
+            host_meminfo_mib("MemAvailable:").filter(|_| self.memory.prefault)
+        {
+            // Prefaulted RAM is allocated at start, so it must fit what the host has free.
+            if self.memory_mib > available_mib {
+                return Err(ConfigError::PrefaultTooLarge {
+                    mib: self.memory_mib,
+                    available_mib,
+                });
+            }
+        }
         if self.memory.hugepages && self.memory_mib % 2 != 0 {
             return Err(ConfigError::MemoryNotHugeAligned {
                 mib: self.memory_mib,
@@ -313,8 +332,13 @@ pub fn detect_kernel_format(path: &std::path::Path) -> Result<KernelFormat, Conf
 
 /// `MemTotal` of the host in MiB, or `None` when `/proc/meminfo` cannot be read.
 pub fn host_memory_mib() -> Option<u64> {
+    host_meminfo_mib("MemTotal:")
+}
+
+/// A `/proc/meminfo` field (such as `MemAvailable:`) in MiB.
+fn host_meminfo_mib(field: &str) -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let line = meminfo.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
 }
