@@ -36,13 +36,20 @@ fn take<'a>(input: &mut &'a [u8], count: usize) -> &'a [u8] {
     head
 }
 
+/// Path of a small disk image that exists only while the fuzzer runs: the file is unlinked
+/// right after creation and reached through `/proc/self/fd`, so no run leaves it behind.
 fn disk_path() -> &'static std::path::Path {
-    static PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
+    static DISK: OnceLock<(std::fs::File, std::path::PathBuf)> = OnceLock::new();
+    let (_, path) = DISK.get_or_init(|| {
+        use std::os::fd::AsRawFd;
         let path = std::env::temp_dir().join(format!("isobench-fuzz-disk-{}", std::process::id()));
         std::fs::write(&path, vec![0x5a; 8 * 512]).expect("the fuzz disk is writable");
-        path
-    })
+        let file = std::fs::File::open(&path).expect("the fuzz disk opens");
+        std::fs::remove_file(&path).expect("the fuzz disk is removable");
+        let fd_path = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        (file, fd_path)
+    });
+    path
 }
 
 fuzz_target!(|data: &[u8]| {
