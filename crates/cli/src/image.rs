@@ -75,7 +75,10 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     );
 
     if !args.no_docker {
-        let message = format!("checking {}, importing rootfs.tar if missing", paths.docker_tag);
+        let message = format!(
+            "checking {}, importing rootfs.tar if missing",
+            paths.docker_tag
+        );
         if progress.plain {
             eprintln!("docker {message}");
         }

@@ -57,6 +57,7 @@ const REQUIRED: &[(&str, &str)] = &[
     ("CONFIG_DEVTMPFS_MOUNT", "y"),
     ("CONFIG_IP_PNP", "y"),
     ("CONFIG_PVH", "y"),
+    ("CONFIG_X86_IOPL_IOPERM", "y"),
     ("CONFIG_KVM_GUEST", "y"),
     ("CONFIG_PARAVIRT", "y"),
     ("CONFIG_BINFMT_ELF", "y"),
