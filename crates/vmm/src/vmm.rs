@@ -118,6 +118,44 @@ pub fn open_kvm() -> Result<Kvm, VmmError> {
     })
 }
 
+/// Sets the TSS and identity-map addresses and creates the in-kernel PIC, IOAPIC, LAPICs and
+/// PIT.
+fn create_controllers(kvm: &Kvm, vm: &VmFd) -> Result<(), VmmError> {
+    if kvm.check_extension(Cap::SetTssAddr) {
+        vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+            .map_err(kvm_error("set TSS address"))?;
+    }
+    if kvm.check_extension(Cap::SetIdentityMapAddr) {
+        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+            .map_err(kvm_error("set identity map address"))?;
+    }
+    vm.create_irq_chip().map_err(kvm_error("create irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_error("create PIT"))
+}
+
+/// Installs one KVM memory slot per guest RAM region.
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let region_info = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mapping of exactly `memory_size` bytes owned by `mem`,
+        // which the Machine keeps until the VM is dropped. Slots do not overlap because the
+        // RAM ranges do not.
+        unsafe { vm.set_user_memory_region(region_info) }
+            .map_err(kvm_error("set memory region"))?;
+    }
+    Ok(())
+}
+
 /// A created VM with its memory and devices, before its vCPUs run.
 pub struct Machine {
     kvm: Kvm,
@@ -169,35 +207,27 @@ impl Machine {
         }
 
         let vm = kvm.create_vm().map_err(kvm_error("create VM"))?;
-        if kvm.check_extension(Cap::SetTssAddr) {
-            vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
-                .map_err(kvm_error("set TSS address"))?;
-        }
-        if kvm.check_extension(Cap::SetIdentityMapAddr) {
-            vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
-                .map_err(kvm_error("set identity map address"))?;
-        }
-        vm.create_irq_chip().map_err(kvm_error("create irqchip"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(kvm_error("create PIT"))?;
-
-        for (slot, region) in mem.iter().enumerate() {
-            let region_info = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
+        // Installing the memory slots and creating the interrupt controllers each wait for a
+        // separate SRCU grace period in the host kernel (kvm->srcu and kvm->irq_srcu), which can
+        // take milliseconds on a busy host, so they run side by side.
+        let (controllers, slots) = std::thread::scope(|scope| {
+            let slots = std::thread::Builder::new()
+                .name("memslots".into())
+                .spawn_scoped(scope, || register_memory(&vm, &mem));
+            let controllers = create_controllers(&kvm, &vm);
+            let slots = match slots {
+                Ok(handle) => handle.join().unwrap_or_else(|_| {
+                    Err(VmmError::Io {
+                        what: "register guest memory",
+                        source: std::io::Error::other("the memory slot thread panicked"),
+                    })
+                }),
+                Err(_) => register_memory(&vm, &mem),
             };
-            // SAFETY: the region is a live mapping of exactly `memory_size` bytes owned by
-            // `mem`, which the Machine keeps until the VM is dropped. Slots do not overlap
-            // because the RAM ranges do not.
-            unsafe { vm.set_user_memory_region(region_info) }
-                .map_err(kvm_error("set memory region"))?;
-        }
+            (controllers, slots)
+        });
+        controllers?;
+        slots?;
 
         let latch =
             Arc::new(ExitLatch::new(events.clone()).map_err(io_error("create an eventfd"))?);
