@@ -33,12 +33,13 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("failed to start the async runtime")
 }
 
-/// Returns the built guest image, or prints why the benchmarks skip and returns `None`.
+/// Returns the built guest image, or prints why the benchmarks skip (the error names the fix)
+/// and returns `None`.
 pub fn guest_image() -> Option<GuestImagePaths> {
     match image::locate() {
         Ok(paths) => Some(paths),
         Err(error) => {
-            eprintln!("skipping: {error}; build it with `isobench image build`");
+            eprintln!("skipping: {error}");
             None
         }
     }
