@@ -172,10 +172,8 @@ fn ctrl_c_keeps_trials_and_leaves_nothing() {
     };
     std::thread::sleep(Duration::from_millis(700));
     // SAFETY: kill only sends a signal to the child this test spawned and still owns.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
-        0
-    );
+    let signalled = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(signalled, 0, "SIGINT to isobench compare");
 
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

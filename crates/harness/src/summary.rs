@@ -34,6 +34,9 @@ pub struct RunSummary {
     pub backends: Vec<BackendSummary>,
     /// Pairwise comparisons between backends that ran on the host itself.
     pub comparisons: Vec<Comparison>,
+    /// Figures that were not compared between two backends, and why.
+    #[serde(default)]
+    pub uncompared: Vec<String>,
 }
 
 /// Figures of one backend.
@@ -181,19 +184,22 @@ impl RunSummary {
                     let own = per_round[name.as_str()].get(&figure.name);
                     let base = baseline.get(&figure.name);
                     if let (Some(own), Some(base)) = (own, base) {
-                        figure.ratio_to_baseline =
-                            Estimate::of(&paired_ratios(own, base), bootstrap);
+                        if non_positive_readings(own, base) == 0 {
+                            figure.ratio_to_baseline =
+                                Estimate::of(&paired_ratios(own, base), bootstrap);
+                        }
                     }
                 }
             }
             backends.push(summary);
         }
 
-        let comparisons = compare_pairs(&backends, &per_round, bootstrap);
+        let (comparisons, uncompared) = compare_pairs(&backends, &per_round, bootstrap);
         RunSummary {
             bootstrap: *bootstrap,
             backends,
             comparisons,
+            uncompared,
         }
     }
 
@@ -507,12 +513,13 @@ fn compare_pairs(
     backends: &[BackendSummary],
     per_round: &BTreeMap<&str, RoundTable>,
     bootstrap: &Bootstrap,
-) -> Vec<Comparison> {
+) -> (Vec<Comparison>, Vec<String>) {
     let direct: Vec<&BackendSummary> = backends
         .iter()
         .filter(|b| b.execution_host == ExecutionHost::Direct)
         .collect();
     let mut comparisons = Vec::new();
+    let mut uncompared = Vec::new();
     for (index, backend) in direct.iter().enumerate() {
         for other in &direct[index + 1..] {
             for figure in COMPARED_FIGURES {
@@ -521,6 +528,15 @@ fn compare_pairs(
                 let (Some(own), Some(theirs)) = (own, theirs) else {
                     continue;
                 };
+                let non_positive = non_positive_readings(own, theirs);
+                if non_positive > 0 {
+                    uncompared.push(format!(
+                        "{figure}: {} and {} are not compared: {non_positive} readings were zero \
+                         or negative, so other activity on the host swamps this figure",
+                        backend.backend, other.backend
+                    ));
+                    continue;
+                }
                 let Some(ratio) = Estimate::of(&paired_ratios(own, theirs), bootstrap) else {
                     continue;
                 };
@@ -567,7 +583,21 @@ fn compare_pairs(
             }
         }
     }
-    comparisons
+    (comparisons, uncompared)
+}
+
+/// Counts the readings of the pairs two backends have in common that are zero or negative.
+/// Such readings mean the figure is swamped by noise (a `host_delta` while the host frees
+/// memory elsewhere), and leaving those pairs out would bias the ratio, so the figure is
+/// not compared at all.
+fn non_positive_readings(own: &[Option<f64>], theirs: &[Option<f64>]) -> usize {
+    own.iter()
+        .zip(theirs)
+        .filter_map(|pair| match pair {
+            (Some(a), Some(b)) => Some(usize::from(*a <= 0.0) + usize::from(*b <= 0.0)),
+            _ => None,
+        })
+        .sum()
 }
 
 fn number(value: f64) -> String {
@@ -694,6 +724,29 @@ mod tests {
             .unwrap();
         assert!(!comparison.ranked, "{}", comparison.note);
         assert!(comparison.note.contains("3 pairs"), "{}", comparison.note);
+    }
+
+    #[test]
+    fn negative_readings_prevent_comparison() {
+        let mut results = fixture::results(8);
+        let docker = results
+            .trials
+            .iter_mut()
+            .find(|t| t.backend == "docker")
+            .unwrap();
+        docker.memory_idle.as_mut().unwrap().host_delta_bytes = Some(-1);
+        let summary = RunSummary::of(&results, &Bootstrap::default());
+        let figure = summary
+            .backend("docker")
+            .unwrap()
+            .figure("host_delta")
+            .unwrap();
+        assert!(figure.ratio_to_baseline.is_none());
+        assert!(summary.comparisons.iter().all(|c| c.figure != "host_delta"));
+        assert!(summary
+            .uncompared
+            .iter()
+            .any(|note| note.starts_with("host_delta")));
     }
 
     #[test]

@@ -366,10 +366,13 @@ fn format_ratio(ratio: &Estimate) -> String {
 
 fn notes(results: &Results, summary: &RunSummary) -> String {
     let mut html = String::new();
-    if !summary.comparisons.is_empty() {
+    if !summary.comparisons.is_empty() || !summary.uncompared.is_empty() {
         html.push_str("<h3>Can the backends be ranked?</h3><ul class=\"notes\">");
         for comparison in &summary.comparisons {
             let _ = write!(html, "<li>{}</li>", escape(&comparison.note));
+        }
+        for note in &summary.uncompared {
+            let _ = write!(html, "<li>{}</li>", escape(note));
         }
         html.push_str("</ul>");
     }
