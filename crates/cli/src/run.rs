@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use isobench_harness::backend::docker::{DockerBackend, DockerOptions};
+use isobench_harness::backend::microvm::MicrovmBackend;
 use isobench_harness::backend::process::ProcessBackend;
 use isobench_harness::backend::{Backend, BackendKind, GuestImagePaths};
 use isobench_harness::cancel::{self, Cancel};
-use isobench_harness::host::{rfc3339_utc, HostInfo};
+use isobench_harness::host::{rfc3339_utc, DockerInfo, HostInfo, KvmFlavour, KvmInfo};
 use isobench_harness::image::{self, ArtifactSet, Cache, ImageError, RecipeHashes};
 use isobench_harness::jupyter::JupyterWorkload;
 use isobench_harness::results::{
@@ -78,17 +80,21 @@ const IDLE_SETTLE: Duration = Duration::from_millis(500);
 
 /// Runs `isobench run`.
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = resolve(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
-    runtime.block_on(run(config))
+    // The Docker client is bound to the runtime it connects in, so flags are resolved there.
+    runtime.block_on(async {
+        let config = resolve(&args).await?;
+        run(config).await
+    })
 }
 
 /// `isobench run` flags resolved into what the harness takes.
 struct RunConfigResolved {
     backend: PlannedBackend,
+    docker: Option<DockerInfo>,
     suite: Suite,
     image: GuestImagePaths,
     trials: u32,
@@ -101,7 +107,7 @@ struct RunConfigResolved {
     json: bool,
 }
 
-fn resolve(args: &RunArgs) -> anyhow::Result<RunConfigResolved> {
+async fn resolve(args: &RunArgs) -> anyhow::Result<RunConfigResolved> {
     if args.trials == 0 {
         anyhow::bail!("invalid --trials 0: run at least 1 measured trial");
     }
@@ -118,10 +124,11 @@ fn resolve(args: &RunArgs) -> anyhow::Result<RunConfigResolved> {
         Some(path) => Suite::from_file(path)?,
         None => Suite::default_suite(),
     };
-    let backend = backend(args.backend)?;
+    let (backend, docker) = backend(args.backend).await?;
     let image = locate_image(backend.backend.kind())?;
     Ok(RunConfigResolved {
         backend,
+        docker,
         suite,
         image,
         trials: args.trials,
@@ -142,22 +149,44 @@ fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(value))
 }
 
-/// Creates the named backend. Each backend the harness offers gets one arm here.
-fn backend(name: BackendArg) -> anyhow::Result<PlannedBackend> {
+/// Creates the named backend, with the Docker engine's versions when it is `docker`. Each
+/// backend the harness offers gets one arm here.
+async fn backend(name: BackendArg) -> anyhow::Result<(PlannedBackend, Option<DockerInfo>)> {
+    let mut docker_info = None;
     let backend: Arc<dyn Backend> = match name {
         BackendArg::Process => {
             ProcessBackend::check_available()?;
             Arc::new(ProcessBackend::new())
         }
-        // TODO: plug in the docker and microvm backends once the harness provides them.
-        BackendArg::Docker | BackendArg::Microvm => anyhow::bail!(
-            "the {name:?} backend is not available in `isobench run` yet: use --backend process"
-        ),
+        BackendArg::Docker => {
+            let docker = DockerBackend::connect(DockerOptions::default()).await?;
+            let version = docker.engine_version();
+            docker_info = Some(DockerInfo {
+                engine_version: version.engine.clone(),
+                api_version: version.api.clone(),
+                cgroup_version: None,
+            });
+            Arc::new(docker)
+        }
+        BackendArg::Microvm => {
+            let kvm = KvmInfo::probe();
+            if kvm.flavour != KvmFlavour::Hardware {
+                anyhow::bail!(
+                    "this host's KVM is {}, on which a stock guest kernel does not boot in \
+                     useful time: use `isobench compare --backends microvm --microvm-host \
+                     emulated` or `isobench vm boot --host emulated`",
+                    kvm.flavour
+                );
+            }
+            MicrovmBackend::check_available()?;
+            Arc::new(MicrovmBackend::new()?)
+        }
     };
-    Ok(PlannedBackend {
+    let planned = PlannedBackend {
         backend,
         execution_host: ExecutionHost::Direct,
-    })
+    };
+    Ok((planned, docker_info))
 }
 
 /// Finds the built guest image. The process backend needs only the root filesystem tree, so
@@ -236,7 +265,7 @@ async fn run(config: RunConfigResolved) -> anyhow::Result<ExitCode> {
             },
             skipped_backends: Vec::new(),
         },
-        host: HostInfo::collect(None),
+        host: HostInfo::collect(config.docker.clone()),
         trials: Vec::new(),
     };
 
