@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use isobench_harness::backend::docker::{DockerBackend, DockerOptions};
+use isobench_harness::backend::microvm::MicrovmBackend;
 use isobench_harness::backend::process::ProcessBackend;
 use isobench_harness::backend::{Backend, GuestImagePaths};
 use isobench_harness::cancel::Cancel;
+use isobench_harness::host::{KvmFlavour, KvmInfo};
 use isobench_harness::image;
 use isobench_harness::jupyter::JupyterWorkload;
 use isobench_harness::results::{ExecutionHost, TrialOutcome};
@@ -60,7 +62,16 @@ pub async fn available_backends(image: &GuestImagePaths) -> Vec<Arc<dyn Backend>
         },
         Err(error) => eprintln!("skipping docker: {error}"),
     }
-    // TODO: add the microvm backend here once the harness has it, on hardware KVM only.
+    // Only hardware KVM boots a stock guest kernel in useful time; emulated-host timings are
+    // not benchmarks.
+    if KvmInfo::probe().flavour == KvmFlavour::Hardware {
+        match MicrovmBackend::check_available().and_then(|()| MicrovmBackend::new()) {
+            Ok(microvm) => backends.push(Arc::new(microvm)),
+            Err(error) => eprintln!("skipping microvm: {error}"),
+        }
+    } else {
+        eprintln!("skipping microvm: this host's KVM is not hardware KVM");
+    }
     backends
 }
 
