@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use isobench_harness::backend::process::ProcessBackend;
 use isobench_harness::backend::{Backend, GuestImagePaths, Instance, JupyterPorts, LaunchSpec};
-use isobench_harness::image::{ArtifactSet, Cache, RecipeHashes};
+use isobench_harness::image;
 use isobench_workload::{ChannelPorts, ConnectionInfo, KernelClient};
 
 /// The trivial cell of the default suite.
@@ -149,24 +149,7 @@ impl Drop for PythonClient {
 }
 
 fn rootfs_image() -> Result<GuestImagePaths, String> {
-    let cache = Cache::from_env().map_err(|error| error.to_string())?;
-    let hashes = RecipeHashes::embedded();
-    if !cache.is_complete(ArtifactSet::Rootfs, &hashes.rootfs) {
-        return Err(
-            "the guest image's root filesystem is not built: run `isobench image build`".into(),
-        );
-    }
-    let kernel = cache.set_dir(ArtifactSet::Kernel, &hashes.kernel);
-    let rootfs = cache.set_dir(ArtifactSet::Rootfs, &hashes.rootfs);
-    Ok(GuestImagePaths {
-        id: hashes.image_id.clone(),
-        vmlinux: kernel.join("vmlinux"),
-        bzimage: kernel.join("bzImage"),
-        rootfs_tar: rootfs.join("rootfs.tar"),
-        rootfs_ext4: rootfs.join("rootfs.ext4"),
-        rootfs_tree: rootfs.join("tree"),
-        docker_tag: hashes.docker_tag(),
-    })
+    image::locate_rootfs().map_err(|error| error.to_string())
 }
 
 async fn launch(image: GuestImagePaths) -> (Box<dyn Instance>, KernelClient, ConnectionInfo) {

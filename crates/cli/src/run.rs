@@ -17,7 +17,7 @@ use isobench_harness::backend::process::ProcessBackend;
 use isobench_harness::backend::{Backend, BackendKind, GuestImagePaths};
 use isobench_harness::cancel::{self, Cancel};
 use isobench_harness::host::{rfc3339_utc, DockerInfo, HostInfo, KvmFlavour, KvmInfo};
-use isobench_harness::image::{self, ArtifactSet, Cache, ImageError, RecipeHashes};
+use isobench_harness::image;
 use isobench_harness::jupyter::JupyterWorkload;
 use isobench_harness::results::{
     ExecutionHost, Results, RunConfig, RunInfo, TrialOutcome, TrialRecord, SCHEMA_VERSION,
@@ -189,31 +189,14 @@ async fn backend(name: BackendArg) -> anyhow::Result<(PlannedBackend, Option<Doc
     Ok((planned, docker_info))
 }
 
-/// Finds the built guest image. The process backend needs only the root filesystem tree, so
-/// for it a missing guest kernel is not an error.
+/// Finds the built guest image. The process and docker backends need only the root
+/// filesystem, so for them a missing guest kernel is not an error.
 fn locate_image(kind: BackendKind) -> anyhow::Result<GuestImagePaths> {
-    match image::locate() {
-        Ok(paths) => Ok(paths),
-        Err(ImageError::NotBuilt { set: "kernel", .. }) if kind == BackendKind::Process => {
-            let cache = Cache::from_env()?;
-            let hashes = RecipeHashes::embedded();
-            if !cache.is_complete(ArtifactSet::Rootfs, &hashes.rootfs) {
-                return Err(image::locate().unwrap_err().into());
-            }
-            let kernel = cache.set_dir(ArtifactSet::Kernel, &hashes.kernel);
-            let rootfs = cache.set_dir(ArtifactSet::Rootfs, &hashes.rootfs);
-            Ok(GuestImagePaths {
-                id: hashes.image_id.clone(),
-                vmlinux: kernel.join("vmlinux"),
-                bzimage: kernel.join("bzImage"),
-                rootfs_tar: rootfs.join("rootfs.tar"),
-                rootfs_ext4: rootfs.join("rootfs.ext4"),
-                rootfs_tree: rootfs.join("tree"),
-                docker_tag: hashes.docker_tag(),
-            })
-        }
-        Err(error) => Err(error.into()),
-    }
+    let paths = match kind {
+        BackendKind::Microvm => image::locate()?,
+        BackendKind::Process | BackendKind::Docker => image::locate_rootfs()?,
+    };
+    Ok(paths)
 }
 
 async fn run(config: RunConfigResolved) -> anyhow::Result<ExitCode> {

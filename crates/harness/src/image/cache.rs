@@ -109,7 +109,17 @@ impl Cache {
 
     /// Paths of the guest image with the given hashes, if both artifact sets are complete.
     pub fn locate(&self, hashes: &RecipeHashes) -> Result<GuestImagePaths, ImageError> {
-        for set in ArtifactSet::ALL {
+        self.locate_sets(hashes, &ArtifactSet::ALL)
+    }
+
+    /// Paths of the guest image with the given hashes, if the listed artifact sets are
+    /// complete. Paths into a set that is not listed may not exist yet.
+    pub fn locate_sets(
+        &self,
+        hashes: &RecipeHashes,
+        required: &[ArtifactSet],
+    ) -> Result<GuestImagePaths, ImageError> {
+        for &set in required {
             let hash = hashes.of_set(set);
             if !self.is_complete(set, hash) {
                 return Err(ImageError::NotBuilt {
@@ -136,6 +146,12 @@ impl Cache {
 /// environment; fails with [`ImageError::NotBuilt`] until `isobench image build` has run.
 pub fn locate() -> Result<GuestImagePaths, ImageError> {
     Cache::from_env()?.locate(&RecipeHashes::embedded())
+}
+
+/// Like [`locate`], but requires only the root filesystem, which is all that the `process`
+/// and `docker` backends use; the guest kernel paths may not exist yet.
+pub fn locate_rootfs() -> Result<GuestImagePaths, ImageError> {
+    Cache::from_env()?.locate_sets(&RecipeHashes::embedded(), &[ArtifactSet::Rootfs])
 }
 
 /// Contents of a complete artifact set's `manifest.json`, written by its build.

@@ -17,7 +17,7 @@ mod status;
 use std::path::PathBuf;
 
 pub use build::{build, find_program, BuildProgress, BuildSummary, SetOutcome, BUILD_TOOLS};
-pub use cache::{locate, Cache, Manifest, CACHE_DIR_ENV, MANIFEST_FILE};
+pub use cache::{locate, locate_rootfs, Cache, Manifest, CACHE_DIR_ENV, MANIFEST_FILE};
 pub use docker::{docker_image_state, import_docker_image, DockerImageState, ImportOutcome};
 pub use recipe::{
     hash_recipe, image_id, ArtifactSet, RecipeFile, RecipeHashes, HASH_HEX_DIGITS, KERNEL_RECIPE,
