@@ -537,14 +537,14 @@ async fn compare(
 
     if settings.results_stdout {
         // The emulated host's inner run: the outer run reads the trials from standard output.
-        println!("{}", serde_json::to_string(&results)?);
+        out!("{}", serde_json::to_string(&results)?);
         return Ok(ExitCode::SUCCESS);
     }
 
     let index = crate::report::render(std::slice::from_ref(&results), &settings.out)?;
     print_figures(&results);
-    println!("results: {}", results_path.display());
-    println!("report:  {}", index.display());
+    out!("results: {}", results_path.display());
+    out!("report:  {}", index.display());
 
     if results.run.interrupted {
         return Ok(ExitCode::from(130));
@@ -695,7 +695,7 @@ fn tail(stderr: &[u8]) -> String {
 fn print_figures(results: &Results) {
     let summary = isobench_harness::summary::RunSummary::of(results, &Default::default());
     for backend in &summary.backends {
-        println!("{}", headline(backend));
+        out!("{}", headline(backend));
     }
 }
 

@@ -68,7 +68,7 @@ pub fn main(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     checks.push(check_qemu());
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+        out!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
         for check in &checks {
             let level = match check.level {
@@ -81,7 +81,7 @@ pub fn main(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             } else {
                 format!(" -> {}", check.action)
             };
-            println!("{level:<4}  {:<14} {}{action}", check.name, check.result);
+            out!("{level:<4}  {:<14} {}{action}", check.name, check.result);
         }
     }
     let failed = checks.iter().any(|check| check.level == Level::Fail);

@@ -63,12 +63,12 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     progress.clear();
 
     let paths = &summary.paths;
-    println!(
+    out!(
         "guest kernel     {}  {}",
         describe(&summary.kernel),
         paths.vmlinux.display()
     );
-    println!(
+    out!(
         "root filesystem  {}  {}",
         describe(&summary.rootfs),
         paths.rootfs_ext4.display()
@@ -87,16 +87,16 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         let imported = runtime()?.block_on(image::import_docker_image(paths));
         spinner.finish_and_clear();
         match imported? {
-            ImportOutcome::Present => println!("docker image     present  {}", paths.docker_tag),
+            ImportOutcome::Present => out!("docker image     present  {}", paths.docker_tag),
             ImportOutcome::Imported { seconds } => {
-                println!(
+                out!(
                     "docker image     imported in {seconds:.1} s  {}",
                     paths.docker_tag
                 )
             }
         }
     }
-    println!("image id         {}", paths.id);
+    out!("image id         {}", paths.id);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -117,17 +117,17 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        out!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        println!("cache     {}", status.cache_dir.display());
-        println!("image id  {}", status.image_id);
+        out!("cache     {}", status.cache_dir.display());
+        out!("image id  {}", status.image_id);
         for set in &status.sets {
             let state = if set.complete {
                 "complete"
             } else {
                 "not built"
             };
-            println!(
+            out!(
                 "{:<9} {}  {state}  {}",
                 set.set,
                 set.hash,
@@ -138,11 +138,11 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     .size_bytes
                     .map(|bytes| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0)))
                     .unwrap_or_else(|| "-".to_string());
-                println!("  {:<14} {size:>10}", artifact.name);
+                out!("  {:<14} {size:>10}", artifact.name);
             }
         }
         for dir in &status.unfinished_builds {
-            println!("unfinished build (not complete) {}", dir.display());
+            out!("unfinished build (not complete) {}", dir.display());
         }
         let docker = match &status.docker_image {
             None => "not checked".to_string(),
@@ -150,9 +150,9 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             Some(DockerImageState::Missing) => "missing: run `isobench image build`".to_string(),
             Some(DockerImageState::EngineUnreachable { message }) => message.clone(),
         };
-        println!("docker    {}  {docker}", status.docker_tag);
+        out!("docker    {}  {docker}", status.docker_tag);
         if !status.complete {
-            println!("run `isobench image build` to build what is missing");
+            out!("run `isobench image build` to build what is missing");
         }
     }
     Ok(if status.complete {

@@ -3,6 +3,16 @@
 //! Command-line flags are parsed here and resolved by each subcommand's module into the
 //! configuration the libraries take, so the libraries never see command-line strings.
 
+/// Prints a line to standard output like `println!`, but ignores write errors. A reader that
+/// closes the pipe early (`isobench ... | head`) must not panic the run midway, because the
+/// run still has containers, networks and mounts to remove.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod compare;
 mod doctor;
 mod image;

@@ -29,7 +29,7 @@ pub fn main(args: ReportArgs) -> anyhow::Result<ExitCode> {
         inputs.push(Results::read(path)?);
     }
     let index = render(&inputs, &args.out)?;
-    println!("report: {}", index.display());
+    out!("report: {}", index.display());
     Ok(ExitCode::SUCCESS)
 }
 

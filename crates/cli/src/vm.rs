@@ -86,7 +86,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         }
         KvmFlavour::Paravirtual | KvmFlavour::Unknown => eprintln!(
             "isobench: warning: this host's KVM is {} ({}); a stock guest kernel may not boot in \
-             useful time here",
+             useful time here, so pass --host emulated to boot it in the emulated host",
             kvm.flavour,
             kvm.module.as_deref().unwrap_or("unknown module")
         ),
@@ -132,7 +132,7 @@ async fn boot_and_wait(backend: &MicrovmBackend, spec: &LaunchSpec) -> anyhow::R
         },
         key: spec.key.clone(),
     };
-    println!(
+    out!(
         "booting {} with {} vCPU(s) and {} MiB; Jupyter kernel at {}",
         backend.name(),
         spec.vcpus,
@@ -150,6 +150,10 @@ async fn boot_and_wait(backend: &MicrovmBackend, spec: &LaunchSpec) -> anyhow::R
         exit = instance.wait_exit() => {
             eprintln!("isobench: the microVM exited before its Jupyter kernel was ready: {}", exit.status);
             eprintln!("{}", exit.last_output.trim_end());
+            let flavour = KvmInfo::probe().flavour;
+            if flavour != KvmFlavour::Hardware {
+                eprintln!("isobench: this host's KVM is {flavour}: boot with --host emulated instead");
+            }
             None
         }
         _ = tokio::signal::ctrl_c() => {
@@ -185,7 +189,7 @@ async fn boot_and_wait(backend: &MicrovmBackend, spec: &LaunchSpec) -> anyhow::R
                 format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
             })
         };
-        println!(
+        out!(
             "memory: VMM overhead {}, host PSS {}",
             mib(sample.vmm_overhead_bytes),
             mib(sample.host_pss_bytes)
@@ -194,7 +198,7 @@ async fn boot_and_wait(backend: &MicrovmBackend, spec: &LaunchSpec) -> anyhow::R
     let _ = client.shutdown().await;
     let exit = instance.stop().await?;
     if let Some(exit) = exit {
-        println!("microVM ended: {}", exit.status);
+        out!("microVM ended: {}", exit.status);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -203,15 +207,18 @@ async fn boot_and_wait(backend: &MicrovmBackend, spec: &LaunchSpec) -> anyhow::R
 fn print_phases(t0: Instant, marks: &[PhaseMark]) {
     let mut marks: Vec<&PhaseMark> = marks.iter().collect();
     marks.sort_by_key(|mark| mark.at);
-    println!(
+    out!(
         "{:<16} {:>12}  {:<14} {:>12}",
-        "event", "at (ms)", "phase", "length (ms)"
+        "event",
+        "at (ms)",
+        "phase",
+        "length (ms)"
     );
     let mut previous = t0;
     for mark in marks {
         let at = mark.at.saturating_duration_since(t0);
         let length = mark.at.saturating_duration_since(previous);
-        println!(
+        out!(
             "{:<16} {:>12.1}  {:<14} {:>12.1}",
             mark.name,
             at.as_secs_f64() * 1e3,
@@ -300,7 +307,7 @@ fn boot_emulated(args: &BootArgs) -> anyhow::Result<ExitCode> {
     run.memory_mib = args.memory + EMULATED_HOST_EXTRA_MIB;
     run.timeout = Duration::from_secs_f64(args.ready_deadline + 120.0);
 
-    println!(
+    out!(
         "emulated host: QEMU TCG with nested SVM; every figure below is an emulation timing, \
          not comparable with hardware"
     );
@@ -308,7 +315,10 @@ fn boot_emulated(args: &BootArgs) -> anyhow::Result<ExitCode> {
         Ok(output) => output,
         Err(error) => {
             if let Some(partial) = error.partial_output() {
-                print!("{}", String::from_utf8_lossy(&partial.stdout));
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stdout(),
+                    String::from_utf8_lossy(&partial.stdout).as_bytes(),
+                );
                 eprint!("{}", String::from_utf8_lossy(&partial.stderr));
             }
             return Err(error.into());
@@ -318,12 +328,15 @@ fn boot_emulated(args: &BootArgs) -> anyhow::Result<ExitCode> {
         .emulation_timings
         .and_then(|timings| timings.kvm_ready)
     {
-        println!(
+        out!(
             "emulated host: QEMU start to /dev/kvm ready {:.1} ms",
             kvm_ready.as_secs_f64() * 1e3
         );
     }
-    print!("{}", String::from_utf8_lossy(&output.stdout));
+    let _ = std::io::Write::write_all(
+        &mut std::io::stdout(),
+        String::from_utf8_lossy(&output.stdout).as_bytes(),
+    );
     eprint!("{}", String::from_utf8_lossy(&output.stderr));
     Ok(match output.exit_status {
         0 => ExitCode::SUCCESS,
