@@ -29,7 +29,7 @@ pub enum ResultsError {
         source: std::io::Error,
     },
     /// The file is not valid JSON of this schema.
-    #[error("invalid results file {path}")]
+    #[error("invalid results file {path}: it is not the JSON that isobench compare writes")]
     Parse {
         /// Path of the file.
         path: PathBuf,

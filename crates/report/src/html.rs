@@ -194,7 +194,7 @@ fn metadata_table(results: &Results) -> String {
         (
             "Settings",
             format!(
-                "{} trials and {} warm-up rounds per backend; {} vCPU, {} MiB; suite {}; \
+                "trials per backend: {} measured after {} warm-up; {} vCPU, {} MiB; suite {}; \
                  ready deadline {} s, trial deadline {} s, idle settle {} s",
                 config.trials,
                 config.warmup,
