@@ -556,8 +556,10 @@ fn compare_pairs(
                         "lower"
                     };
                     format!(
-                        "{figure}: {} is {relation} than {} (paired ratio {:.3}, {percent}% \
-                         interval {:.3} to {:.3}, {} pairs)",
+                        "{figure}: {} is {relation} than {} (paired ratio {}/{} {:.3}, \
+                         {percent}% interval {:.3} to {:.3}, {} pairs)",
+                        backend.backend,
+                        other.backend,
                         backend.backend,
                         other.backend,
                         ratio.median,
@@ -568,8 +570,14 @@ fn compare_pairs(
                 } else {
                     format!(
                         "{figure}: {} and {} cannot be ranked: the {percent}% interval of the \
-                         paired ratio, {:.3} to {:.3} over {} pairs, contains 1",
-                        backend.backend, other.backend, ratio.ci_low, ratio.ci_high, ratio.count
+                         paired ratio {}/{}, {:.3} to {:.3} over {} pairs, contains 1",
+                        backend.backend,
+                        other.backend,
+                        backend.backend,
+                        other.backend,
+                        ratio.ci_low,
+                        ratio.ci_high,
+                        ratio.count
                     )
                 };
                 comparisons.push(Comparison {
