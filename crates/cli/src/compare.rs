@@ -439,6 +439,18 @@ async fn compare(
             settings.out.display()
         )
     })?;
+    // A folder that exists but cannot be written would otherwise fail only after the first
+    // trial, so the run checks it before it launches anything.
+    let probe = settings
+        .out
+        .join(format!(".isobench-write-check-{}", std::process::id()));
+    fs::write(&probe, b"").with_context(|| {
+        format!(
+            "cannot write into the report folder {}: pass --out with a writable folder",
+            settings.out.display()
+        )
+    })?;
+    let _ = fs::remove_file(&probe);
     let results_path = settings.out.join("results.json");
     let started = SystemTime::now();
     let run_id = format!(
