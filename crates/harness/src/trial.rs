@@ -413,42 +413,25 @@ async fn guard_step<T>(
 /// Picks the key and the ports: fixed guest ports behind their own network namespace, fresh
 /// free loopback ports for the `process` baseline, which shares the host's.
 fn connection_parameters(kind: BackendKind) -> Result<(String, JupyterPorts), String> {
-    let key =
-        generate_key().map_err(|error| format!("failed to generate the signing key: {error}"))?;
+    let key = isobench_workload::connection::generate_key()
+        .map_err(|error| format!("failed to generate the signing key: {error}"))?;
     let ports = match kind {
-        BackendKind::Process => pick_free_loopback_ports()
-            .map_err(|error| format!("failed to find free loopback ports: {error}"))?,
+        BackendKind::Process => {
+            // Free a moment ago: another program can take one before the Jupyter kernel binds
+            // it, and the process backend then retries on new ports.
+            let free = isobench_workload::ChannelPorts::pick_free_loopback()
+                .map_err(|error| format!("failed to find free loopback ports: {error}"))?;
+            JupyterPorts {
+                shell: free.shell,
+                iopub: free.iopub,
+                stdin: free.stdin,
+                control: free.control,
+                heartbeat: free.heartbeat,
+            }
+        }
         BackendKind::Microvm | BackendKind::Docker => JupyterPorts::GUEST_DEFAULT,
     };
     Ok((key, ports))
-}
-
-/// Returns 32 random bytes from the kernel's generator, hex-encoded.
-fn generate_key() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
-}
-
-/// Returns five ports that were free on 127.0.0.1 a moment ago. Another program can take one
-/// before the Jupyter kernel binds it; the trial then fails with the kernel's "Address already
-/// in use" output as its cause.
-fn pick_free_loopback_ports() -> std::io::Result<JupyterPorts> {
-    let listeners = (0..5)
-        .map(|_| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let mut ports = [0u16; 5];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener.local_addr()?.port();
-    }
-    Ok(JupyterPorts {
-        shell: ports[0],
-        iopub: ports[1],
-        stdin: ports[2],
-        control: ports[3],
-        heartbeat: ports[4],
-    })
 }
 
 fn failed(stage: TrialStage, cause: String, exit: Option<ExitInfo>) -> TrialOutcome {
