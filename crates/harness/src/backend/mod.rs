@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-/// The isolation mechanisms isobench knows.
+/// Isolation mechanisms that isobench measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
@@ -82,7 +82,7 @@ impl JupyterPorts {
     };
 }
 
-/// What a backend needs to launch one trial.
+/// Inputs a backend needs to launch one trial.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
     /// Run id; everything the backend creates carries it (label, name prefix).
@@ -113,7 +113,7 @@ pub struct PhaseMark {
     pub at: Instant,
 }
 
-/// How an instance's workload ended.
+/// End of an instance's workload: its status and last output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitInfo {
     /// Exit status or signal, in words (`exit status 1`, `killed by SIGKILL`, `out of memory`).
@@ -152,7 +152,7 @@ pub struct GuestMeminfo {
 /// Failure of a backend operation, with the value involved and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// The backend cannot run on this host; the message says why and how to fix it.
+    /// The backend cannot run on this host; the message gives the reason and the fix.
     #[error("{backend:?} backend is unavailable: {reason}")]
     Unavailable {
         /// Which backend.
@@ -174,7 +174,7 @@ pub enum BackendError {
 /// An isolation mechanism that launches the guest image's Jupyter kernel.
 #[async_trait]
 pub trait Backend: Send + Sync {
-    /// Which mechanism this is.
+    /// Returns the mechanism this backend uses.
     fn kind(&self) -> BackendKind;
 
     /// Name shown in results and the report, such as `docker` or `docker+crun`.
