@@ -1,9 +1,17 @@
-//! Startup phases: the consecutive intervals between `t0`, the backend's phase marks and ready.
+//! Startup phases: the consecutive intervals between `t0`, the backend's phase marks and ready,
+//! plus the phases that run alongside them.
 //!
-//! A phase is named after the event that ends it, using the names of the measurement
-//! definitions where the event is known (`vmm_spawn`, `vmm_setup`, `guest_kernel`, `guest_init`,
-//! `create`, `start`, `entrypoint`, `spawn`, `kernel_ready`); an unknown event names its phase
-//! itself.
+//! A consecutive phase is named after the event that ends it. Known events give the names of
+//! the measurement definitions (`vmm_spawn`, `vmm_setup`, `guest_kernel`, `guest_init`,
+//! `create`, `start`, `entrypoint`, `spawn`, `kernel_ready`), and an unknown event names its
+//! phase itself. The events that split consecutive phases follow one causal chain per
+//! backend, each caused by the one before, so their time order is their logical order.
+//!
+//! The `docker` backend's start call is not on that chain: the Engine API returns from it while
+//! the guest entrypoint already runs (with Debian's engine 20.10 the entrypoint's markers
+//! usually arrive a few milliseconds before the call returns). Its interval, `start_call`, is a
+//! concurrent phase: recorded with its own start and end, marked [`PhaseRecord::concurrent`],
+//! and never stacked after the phase that logically follows it.
 
 use crate::backend::BackendKind;
 use crate::results::{EventRecord, PhaseRecord};
@@ -16,8 +24,28 @@ pub const READY_EVENT: &str = "ready";
 /// the `process` backend's observation that the kernel's ports accept connections.
 const READY_DETAIL_EVENTS: [&str; 3] = ["kernel_info_reply", "first_status", "kernel_listening"];
 
+/// A phase that runs alongside the consecutive phases.
+struct ConcurrentPhase {
+    kind: BackendKind,
+    name: &'static str,
+    start_event: &'static str,
+    end_events: &'static [&'static str],
+}
+
+/// Every concurrent phase. `start_call` runs from the return of the Engine API's create call to
+/// the return of its start call.
+const CONCURRENT_PHASES: [ConcurrentPhase; 1] = [ConcurrentPhase {
+    kind: BackendKind::Docker,
+    name: "start_call",
+    start_event: "container_created",
+    end_events: &["container_started", "started"],
+}];
+
 /// Name of the phase that ends at `event` for a backend of `kind`.
 pub fn phase_name(kind: BackendKind, event: &str) -> String {
+    if let Some(phase) = concurrent_phase_ending_at(kind, event) {
+        return phase.name.to_owned();
+    }
     let name = match (kind, event) {
         (_, READY_EVENT) => "kernel_ready",
         (BackendKind::Microvm, "vmm_started") => "vmm_spawn",
@@ -26,8 +54,8 @@ pub fn phase_name(kind: BackendKind, event: &str) -> String {
         (BackendKind::Microvm, "mounts_done") => "guest_mounts",
         (BackendKind::Microvm, "exec_kernel") => "guest_init",
         (BackendKind::Docker, "container_created" | "created") => "create",
-        (BackendKind::Docker, "container_started" | "started") => "start",
-        (BackendKind::Docker, "init_started") => "start_to_entrypoint",
+        // The container runs once its entrypoint reports; the start call's return is later.
+        (BackendKind::Docker, "init_started") => "start",
         (BackendKind::Docker, "exec_kernel") => "entrypoint",
         (BackendKind::Process, "mounts_done") => "chroot_setup",
         (BackendKind::Process, "spawned" | "process_spawned") => "spawn",
@@ -38,7 +66,46 @@ pub fn phase_name(kind: BackendKind, event: &str) -> String {
     name.to_owned()
 }
 
-/// Splits `t0 ..= ready` at every phase mark, in time order. Events after ready, and the
+/// Returns whether a phase of this name runs alongside the consecutive phases of `kind`.
+pub fn is_concurrent(kind: BackendKind, phase: &str) -> bool {
+    CONCURRENT_PHASES
+        .iter()
+        .any(|concurrent| concurrent.kind == kind && concurrent.name == phase)
+}
+
+fn concurrent_phase_ending_at(kind: BackendKind, event: &str) -> Option<&'static ConcurrentPhase> {
+    CONCURRENT_PHASES
+        .iter()
+        .find(|phase| phase.kind == kind && phase.end_events.contains(&event))
+}
+
+/// Position of `event` on the causal chain of `kind`, which orders events stamped at the same
+/// instant, because the entrypoint's markers often arrive in one read. Unknown events go last.
+fn chain_position(kind: BackendKind, event: &str) -> usize {
+    let chain: &[&str] = match kind {
+        BackendKind::Microvm => &[
+            "vmm_started",
+            "vcpus_running",
+            "init_started",
+            "mounts_done",
+            "exec_kernel",
+        ],
+        BackendKind::Docker => &["container_created", "init_started", "exec_kernel"],
+        BackendKind::Process => &[
+            "mounts_done",
+            "process_spawned",
+            "init_started",
+            "exec_kernel",
+        ],
+    };
+    chain
+        .iter()
+        .position(|known| *known == event)
+        .unwrap_or(chain.len())
+}
+
+/// Splits `t0 ..= ready` into consecutive phases at every phase mark, in time order, then adds
+/// the concurrent phases whose start and end events both arrived. Events after ready, and the
 /// detail events of the ready handshake, split nothing. Returns no phases without a ready
 /// event.
 pub fn derive_phases(kind: BackendKind, events: &[EventRecord]) -> Vec<PhaseRecord> {
@@ -52,9 +119,14 @@ pub fn derive_phases(kind: BackendKind, events: &[EventRecord]) -> Vec<PhaseReco
     let mut boundaries: Vec<&EventRecord> = events
         .iter()
         .filter(|event| !READY_DETAIL_EVENTS.contains(&event.name.as_str()))
+        .filter(|event| concurrent_phase_ending_at(kind, &event.name).is_none())
         .filter(|event| event.name != READY_EVENT && event.at_s <= ready_at)
         .collect();
-    boundaries.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    boundaries.sort_by(|a, b| {
+        a.at_s
+            .total_cmp(&b.at_s)
+            .then_with(|| chain_position(kind, &a.name).cmp(&chain_position(kind, &b.name)))
+    });
 
     let mut phases: Vec<PhaseRecord> = Vec::new();
     let mut start_s = 0.0;
@@ -71,9 +143,30 @@ pub fn derive_phases(kind: BackendKind, events: &[EventRecord]) -> Vec<PhaseReco
                 name,
                 start_s,
                 end_s: end_s.max(start_s),
+                concurrent: false,
             }),
         }
         start_s = end_s.max(start_s);
+    }
+
+    for concurrent in CONCURRENT_PHASES.iter().filter(|phase| phase.kind == kind) {
+        let first = |names: &[&str]| {
+            events
+                .iter()
+                .find(|event| names.contains(&event.name.as_str()))
+                .map(|event| event.at_s)
+        };
+        if let (Some(start_s), Some(end_s)) = (
+            first(&[concurrent.start_event]),
+            first(concurrent.end_events),
+        ) {
+            phases.push(PhaseRecord {
+                name: concurrent.name.to_owned(),
+                start_s,
+                end_s: end_s.max(start_s),
+                concurrent: true,
+            });
+        }
     }
     phases
 }
@@ -126,11 +219,93 @@ mod tests {
             ("ready", 0.8),
         ]);
         let phases = derive_phases(BackendKind::Docker, &events);
-        for pair in phases.windows(2) {
+        let consecutive: Vec<&PhaseRecord> = phases.iter().filter(|p| !p.concurrent).collect();
+        for pair in consecutive.windows(2) {
             assert_eq!(pair[0].end_s, pair[1].start_s);
         }
-        let total: f64 = phases.iter().map(PhaseRecord::duration_s).sum();
+        let total: f64 = consecutive.iter().map(|phase| phase.duration_s()).sum();
         assert!((total - 0.8).abs() < 1e-12);
+    }
+
+    #[test]
+    fn docker_start_call_runs_alongside() {
+        // The entrypoint's markers arrive in one read before the start call returns, as they
+        // do with Debian's engine 20.10.
+        let events = events(&[
+            ("container_created", 0.015),
+            ("init_started", 0.283),
+            ("exec_kernel", 0.283),
+            ("container_started", 0.286),
+            ("first_status", 0.82),
+            ("ready", 0.821),
+        ]);
+        let phases = derive_phases(BackendKind::Docker, &events);
+        let names: Vec<&str> = phases.iter().map(|phase| phase.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "create",
+                "start",
+                "entrypoint",
+                "kernel_ready",
+                "start_call"
+            ]
+        );
+        let start_call = &phases[4];
+        assert!(start_call.concurrent);
+        assert_eq!(start_call.start_s, 0.015);
+        assert_eq!(start_call.end_s, 0.286);
+        assert!(phases[..4].iter().all(|phase| !phase.concurrent));
+        assert_eq!(phases[1].end_s, 0.283);
+        assert_eq!(phases[3].start_s, 0.283);
+    }
+
+    #[test]
+    fn docker_start_call_before_markers() {
+        let events = events(&[
+            ("container_created", 0.23),
+            ("container_started", 0.67),
+            ("init_started", 0.68),
+            ("exec_kernel", 0.681),
+            ("ready", 1.07),
+        ]);
+        let phases = derive_phases(BackendKind::Docker, &events);
+        let names: Vec<&str> = phases.iter().map(|phase| phase.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "create",
+                "start",
+                "entrypoint",
+                "kernel_ready",
+                "start_call"
+            ]
+        );
+        assert_eq!(phases[1].start_s, 0.23);
+        assert_eq!(phases[1].end_s, 0.68);
+        assert_eq!(phases[4].end_s, 0.67);
+    }
+
+    #[test]
+    fn equal_stamps_follow_the_chain() {
+        let events = events(&[
+            ("exec_kernel", 0.2),
+            ("init_started", 0.2),
+            ("container_created", 0.01),
+            ("ready", 0.5),
+        ]);
+        let phases = derive_phases(BackendKind::Docker, &events);
+        let names: Vec<&str> = phases.iter().map(|phase| phase.name.as_str()).collect();
+        assert_eq!(names, ["create", "start", "entrypoint", "kernel_ready"]);
+    }
+
+    #[test]
+    fn start_call_without_create_is_left_out() {
+        let events = events(&[("container_started", 0.3), ("ready", 0.8)]);
+        let phases = derive_phases(BackendKind::Docker, &events);
+        assert!(phases.iter().all(|phase| !phase.concurrent));
+        assert!(is_concurrent(BackendKind::Docker, "start_call"));
+        assert!(!is_concurrent(BackendKind::Process, "start_call"));
     }
 
     #[test]

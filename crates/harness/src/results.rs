@@ -158,7 +158,7 @@ pub struct TrialRecord {
     pub outcome: TrialOutcome,
     /// Named host instants, in seconds after `t0`, sorted by time.
     pub events: Vec<EventRecord>,
-    /// Startup phases, consecutive intervals from `t0` to ready.
+    /// Startup phases: consecutive intervals from `t0` to ready, then the concurrent ones.
     pub phases: Vec<PhaseRecord>,
     /// `t0` to ready, in seconds.
     pub launch_to_ready_s: Option<f64>,
@@ -260,6 +260,10 @@ pub struct PhaseRecord {
     pub start_s: f64,
     /// End, in seconds after `t0`.
     pub end_s: f64,
+    /// Whether the phase runs alongside the consecutive phases from `t0` to ready instead of
+    /// being one of them, such as the `docker` backend's `start_call`.
+    #[serde(default)]
+    pub concurrent: bool,
 }
 
 impl PhaseRecord {
@@ -426,11 +430,13 @@ pub(crate) mod fixture {
                     name: "spawn".into(),
                     start_s: 0.0,
                     end_s: ready * 0.3,
+                    concurrent: false,
                 },
                 PhaseRecord {
                     name: "kernel_ready".into(),
                     start_s: ready * 0.3,
                     end_s: ready,
+                    concurrent: false,
                 },
             ],
             launch_to_ready_s: Some(ready),

@@ -60,7 +60,8 @@ pub struct BackendSummary {
     pub figures: Vec<Figure>,
     /// Launch-to-ready time of each measured trial in run order, in seconds.
     pub launch_to_ready_s: Vec<f64>,
-    /// Median duration of each startup phase, in phase order, in seconds.
+    /// Median duration of each startup phase, in seconds: the consecutive phases in time
+    /// order, then the concurrent ones.
     pub phases: Vec<PhaseSummary>,
     /// Latency and throughput of each cell.
     pub cells: Vec<CellSummary>,
@@ -104,6 +105,11 @@ pub struct PhaseSummary {
     pub name: String,
     /// Median of the phase's duration over trials, in seconds.
     pub estimate: Estimate,
+    /// Median of the phase's start over trials, in seconds after `t0`.
+    pub start_median_s: f64,
+    /// Whether the phase runs alongside the consecutive phases (see
+    /// [`crate::results::PhaseRecord::concurrent`]).
+    pub concurrent: bool,
 }
 
 /// Latency figures of one cell over every repetition of every measured trial.
@@ -439,25 +445,7 @@ fn summarise_backend(name: &str, trials: &[&TrialRecord], bootstrap: &Bootstrap)
         })
         .collect();
 
-    // Phases, in the order of the first trial that has them.
-    let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
-    for trial in &measured {
-        for phase in &trial.phases {
-            match phases.iter_mut().find(|(name, _)| *name == phase.name) {
-                Some((_, durations)) => durations.push(phase.duration_s()),
-                None => phases.push((phase.name.clone(), vec![phase.duration_s()])),
-            }
-        }
-    }
-    summary.phases = phases
-        .into_iter()
-        .filter_map(|(name, durations)| {
-            Some(PhaseSummary {
-                name,
-                estimate: Estimate::of(&durations, bootstrap)?,
-            })
-        })
-        .collect();
+    summary.phases = summarise_phases(&measured, bootstrap);
 
     // Cells: pooled latencies and per-trial throughput.
     let mut cells: Vec<(String, CellMetric, Vec<f64>, Vec<f64>)> = Vec::new();
@@ -507,6 +495,54 @@ fn summarise_backend(name: &str, trials: &[&TrialRecord], bootstrap: &Bootstrap)
         })
         .collect();
     summary
+}
+
+/// Phases of the measured trials: the consecutive ones sorted by median start, which keeps
+/// each before the one that follows it in every trial, then the concurrent ones.
+fn summarise_phases(measured: &[&TrialRecord], bootstrap: &Bootstrap) -> Vec<PhaseSummary> {
+    struct Column {
+        name: String,
+        concurrent: bool,
+        starts: Vec<f64>,
+        durations: Vec<f64>,
+    }
+    let mut columns: Vec<Column> = Vec::new();
+    for trial in measured {
+        for phase in &trial.phases {
+            let index = match columns.iter().position(|column| column.name == phase.name) {
+                Some(index) => index,
+                None => {
+                    columns.push(Column {
+                        name: phase.name.clone(),
+                        concurrent: phase.concurrent,
+                        starts: Vec::new(),
+                        durations: Vec::new(),
+                    });
+                    columns.len() - 1
+                }
+            };
+            columns[index].starts.push(phase.start_s);
+            columns[index].durations.push(phase.duration_s());
+        }
+    }
+    let mut phases: Vec<PhaseSummary> = columns
+        .into_iter()
+        .filter_map(|column| {
+            Some(PhaseSummary {
+                estimate: Estimate::of(&column.durations, bootstrap)?,
+                start_median_s: crate::stats::median(&column.starts)?,
+                name: column.name,
+                concurrent: column.concurrent,
+            })
+        })
+        .collect();
+    // A stable sort keeps the first-seen order of phases that start together.
+    phases.sort_by(|a, b| {
+        a.concurrent
+            .cmp(&b.concurrent)
+            .then(a.start_median_s.total_cmp(&b.start_median_s))
+    });
+    phases
 }
 
 fn compare_pairs(
@@ -630,6 +666,52 @@ mod tests {
 
     fn summary() -> RunSummary {
         RunSummary::of(&fixture::results(8), &Bootstrap::default())
+    }
+
+    #[test]
+    fn phases_follow_time_then_concurrent() {
+        use crate::results::EventRecord;
+
+        // The first trial's start call returns before the entrypoint's markers arrive, the
+        // second's after them, as both happen with Debian's engine 20.10.
+        let orders = [
+            [("container_started", 0.3), ("init_started", 0.32)],
+            [("init_started", 0.28), ("container_started", 0.3)],
+        ];
+        let mut results = fixture::results(0);
+        results.trials.clear();
+        for (round, order) in orders.iter().enumerate() {
+            let mut trial = fixture::trial("docker", BackendKind::Docker, round as u32, 1.0);
+            let mut events = vec![("container_created", 0.01)];
+            events.extend(order);
+            events.extend([("exec_kernel", 0.33), ("ready", 0.8)]);
+            trial.events = events
+                .iter()
+                .map(|(name, at_s)| EventRecord {
+                    name: (*name).into(),
+                    at_s: *at_s,
+                })
+                .collect();
+            trial.phases = crate::phases::derive_phases(BackendKind::Docker, &trial.events);
+            results.trials.push(trial);
+        }
+        let summary = RunSummary::of(&results, &Bootstrap::default());
+        let docker = summary.backend("docker").unwrap();
+        let names: Vec<&str> = docker.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "create",
+                "start",
+                "entrypoint",
+                "kernel_ready",
+                "start_call"
+            ]
+        );
+        let start_call = &docker.phases[4];
+        assert!(start_call.concurrent);
+        assert!((start_call.start_median_s - 0.01).abs() < 1e-12);
+        assert!(docker.phases[..4].iter().all(|phase| !phase.concurrent));
     }
 
     #[test]

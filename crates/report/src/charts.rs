@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::format::{format_bytes_axis, format_mb_s, format_seconds, MIB};
 use crate::plot::{
-    self, Axis, BarRow, DistributionRow, PlotError, RowSummary, Segment, StackedRow, PALETTE,
+    self, Axis, BarRow, DistributionRow, Overlay, PlotError, RowSummary, Segment, StackedRow,
+    PALETTE,
 };
 
 /// Memory figures drawn in the host-side memory chart, in this order.
@@ -105,37 +106,45 @@ fn startup_phases(
     emulated: bool,
 ) -> Result<Option<Chart>, PlotError> {
     let mut series: Vec<String> = Vec::new();
+    let mut series_index = |name: String| match series.iter().position(|known| *known == name) {
+        Some(index) => index,
+        None => {
+            series.push(name);
+            series.len() - 1
+        }
+    };
     let mut rows = Vec::new();
     for backend in backends {
         if backend.phases.is_empty() {
             continue;
         }
-        // Phases whose median is below a millisecond would be invisible slivers with a legend
-        // entry each; they stay in results.json and in the table of every figure.
-        let segments = backend
-            .phases
-            .iter()
-            .filter(|phase| phase.estimate.median >= MIN_DRAWN_PHASE_S)
-            .map(|phase| {
-                let index = match series.iter().position(|name| *name == phase.name) {
-                    Some(index) => index,
-                    None => {
-                        series.push(phase.name.clone());
-                        series.len() - 1
-                    }
-                };
-                Segment {
-                    series: index,
-                    value: phase.estimate.median,
-                }
-            })
-            .collect();
+        let mut segments = Vec::new();
+        let mut overlays = Vec::new();
+        for phase in &backend.phases {
+            let median = phase.estimate.median;
+            if phase.concurrent {
+                overlays.push(Overlay {
+                    series: series_index(format!("{} (alongside)", phase.name)),
+                    start: phase.start_median_s,
+                    end: phase.start_median_s + median,
+                });
+            } else if median >= MIN_DRAWN_PHASE_S {
+                // Phases whose median is below a millisecond would be invisible slivers with a
+                // legend entry each; they stay in results.json and in the table of every
+                // figure.
+                segments.push(Segment {
+                    series: series_index(phase.name.clone()),
+                    value: median,
+                });
+            }
+        }
         let marker = backend
             .figure("launch_to_ready")
             .map(|figure| figure.estimate.median);
         rows.push(StackedRow {
             label: backend.backend.clone(),
             segments,
+            overlays,
             marker,
         });
     }
@@ -153,11 +162,14 @@ fn startup_phases(
         title: emulation_title("Startup phases: median duration of each phase", emulated),
         svg,
         explanation:
-            "Time from t0 to a ready Jupyter kernel, split into phases at their medians; the \
-            black tick is the median total. A microVM boots its own guest kernel first \
-            (vmm_setup, guest_kernel, guest_init). A container shares the host kernel and \
-            pays for namespaces and cgroups instead (create, start). Every backend pays the \
-            Python start-up (kernel_ready)."
+            "Time from t0 to a ready Jupyter kernel, split into consecutive phases in the order \
+            they happen, each drawn at its median; the black tick is the median total. A \
+            microVM boots its own guest kernel first (vmm_setup, guest_kernel, guest_init). A \
+            container shares the host kernel and pays for namespaces and cgroups instead \
+            (create, then start up to the entrypoint's first marker). The thin bar under a row \
+            runs alongside the phases above it: Docker's start_call lasts until the Engine API \
+            returns from the start call, which it usually does after the entrypoint has begun. \
+            Every backend pays the Python start-up (kernel_ready)."
                 .into(),
         emulated,
     }))
@@ -388,9 +400,20 @@ fn throughput(
     if rows.is_empty() {
         return Ok(None);
     }
+    let log = spans_decades(rows.iter().map(|row| row.value));
+    let (axis_title, reading) = if log {
+        (
+            "MB/s (10^6 bytes per second), log scale",
+            " The axis is logarithmic because the cells differ by orders of magnitude: each \
+             grid step is a factor, every bar starts at the axis start, and bars are compared \
+             by where they end.",
+        )
+    } else {
+        ("MB/s (10^6 bytes per second), linear scale", "")
+    };
     let axis = Axis {
-        title: "MB/s (10^6 bytes per second)".into(),
-        log: false,
+        title: axis_title.into(),
+        log,
         format: format_mb_s,
     };
     let svg = plot::interval_bars(&id, &rows, &axis)?;
@@ -398,14 +421,30 @@ fn throughput(
         id,
         title: emulation_title("Throughput of data-moving cells", emulated),
         svg,
-        explanation:
+        explanation: format!(
             "Median over trials, with its 95% interval. Streaming output measures the path \
-            from workload to host; file writes measure the storage path: the host's file \
-            system for a process or container, a virtio-blk disk behind the hypervisor for a \
-            microVM."
-                .into(),
+             from workload to host; file writes measure the storage path: the host's file \
+             system for a process or container, a virtio-blk disk behind the hypervisor for a \
+             microVM.{reading}"
+        ),
         emulated,
     }))
+}
+
+/// Returns whether positive `values` differ by at least a factor of ten, so a linear axis
+/// would shrink the smaller ones to slivers. A zero or negative value keeps the axis linear,
+/// since a log axis cannot place it.
+fn spans_decades(values: impl Iterator<Item = f64>) -> bool {
+    let mut min = f64::INFINITY;
+    let mut max = 0.0f64;
+    for value in values {
+        if value <= 0.0 || !value.is_finite() {
+            return false;
+        }
+        min = min.min(value);
+        max = max.max(value);
+    }
+    min.is_finite() && max / min >= 10.0
 }
 
 /// Builds the chart that compares launch-to-ready across several hosts.
@@ -463,5 +502,13 @@ mod tests {
         assert_eq!(backend_colour("process", 5), PALETTE[0]);
         assert_eq!(backend_colour("docker", 0), PALETTE[1]);
         assert_ne!(backend_colour("qemu", 0), backend_colour("docker", 0));
+    }
+
+    #[test]
+    fn log_axis_only_across_decades() {
+        assert!(spans_decades([3.0, 18_000.0].into_iter()));
+        assert!(!spans_decades([300.0, 1_800.0].into_iter()));
+        assert!(!spans_decades([0.0, 18_000.0].into_iter()));
+        assert!(!spans_decades(std::iter::empty()));
     }
 }

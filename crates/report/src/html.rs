@@ -474,14 +474,24 @@ fn all_figures_table(summary: &RunSummary) -> String {
         }
     }
     for backend in &summary.backends {
+        // Consecutive phases come in time order, then the concurrent ones with their start.
         for phase in &backend.phases {
             let estimate = phase.estimate;
+            let alongside = if phase.concurrent {
+                format!(
+                    " (alongside, from {} after t0)",
+                    format_seconds(phase.start_median_s)
+                )
+            } else {
+                String::new()
+            };
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td><code>phase:{}</code></td><td>{}</td><td>{} to {}</td>\
+                "<tr><td>{}</td><td><code>phase:{}</code>{}</td><td>{}</td><td>{} to {}</td>\
                  <td>{}</td><td>{}</td><td>{}</td><td>–</td></tr>",
                 escape(&backend.backend),
                 escape(&phase.name),
+                escape(&alongside),
                 escape(&format_seconds(estimate.median)),
                 escape(&format_seconds(estimate.ci_low)),
                 escape(&format_seconds(estimate.ci_high)),

@@ -10,6 +10,7 @@ pub mod charts;
 pub mod format;
 pub mod html;
 pub mod plot;
+mod scale;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,13 +1,16 @@
 //! Chart primitives drawn with `plotters` into SVG strings: stacked bars, bars with intervals
-//! and per-row distributions, each with one horizontal bar or strip per row.
+//! and per-row distributions, each with one horizontal bar or strip per row, on a linear or
+//! logarithmic horizontal axis.
 //!
 //! Only plotters' SVG backend is built, without its font features. Text is written as SVG
 //! `<text>` elements that the browser lays out, and plotters estimates label sizes from the
 //! character count, so no system font is ever opened.
 
-use plotters::coord::ranged1d::{AsRangedCoord, SegmentValue, SegmentedCoord, ValueFormatter};
-use plotters::coord::types::RangedCoordusize;
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+
+use crate::scale::Scale;
 
 /// Failure to draw a chart.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,9 @@ pub const PALETTE: [RGBColor; 7] = [
 /// Near-black used for text, axes and markers.
 pub const INK: RGBColor = RGBColor(0x11, 0x11, 0x11);
 
+/// Outline drawn around every bar, so a light fill keeps a visible edge on a projector.
+const OUTLINE: RGBColor = RGBColor(0x33, 0x33, 0x33);
+
 const WIDTH: u32 = 1200;
 const ROW_HEIGHT: u32 = 84;
 const FONT: &str = "sans-serif";
@@ -51,6 +57,18 @@ pub struct Segment {
     pub value: f64,
 }
 
+/// An interval drawn in a lane of its own under a stacked bar, for a phase that runs alongside
+/// the stacked ones.
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    /// Index into the legend.
+    pub series: usize,
+    /// Start of the interval.
+    pub start: f64,
+    /// End of the interval.
+    pub end: f64,
+}
+
 /// One row of a stacked bar chart.
 #[derive(Debug, Clone)]
 pub struct StackedRow {
@@ -58,6 +76,8 @@ pub struct StackedRow {
     pub label: String,
     /// Segments from left to right.
     pub segments: Vec<Segment>,
+    /// Intervals drawn under the segments, over the same axis.
+    pub overlays: Vec<Overlay>,
     /// A value marked with a black tick on the row, such as the median total.
     pub marker: Option<f64>,
 }
@@ -104,9 +124,10 @@ pub struct RowSummary {
 /// Horizontal axis of a chart.
 #[derive(Debug, Clone)]
 pub struct Axis {
-    /// Axis title with its unit.
+    /// Axis title with its unit; a logarithmic axis says so in its title.
     pub title: String,
-    /// Whether the axis is logarithmic.
+    /// Whether the axis is logarithmic. A log axis starts at the power of ten below the
+    /// smallest positive value, and draws smaller values, zero and negative ones at its start.
     pub log: bool,
     /// Formats an axis value.
     pub format: fn(f64) -> String,
@@ -114,43 +135,100 @@ pub struct Axis {
 
 type DrawError = DrawingAreaErrorKind<std::io::Error>;
 type Root<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
-type RowCoord = SegmentedCoord<RangedCoordusize>;
-type RowChart<'a, X> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, RowCoord>>;
+type RowChart<'a> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<TickedCoord, TickedCoord>>;
 
-/// Draws a stacked horizontal bar chart with a legend of `series` names.
+/// A linear coordinate with ticks chosen here in place of plotters' evenly spaced ones. The
+/// horizontal axis runs over [`Scale`] positions; the vertical one over rows, row `y` from `y`
+/// to `y + 1` with its label at `y + 0.5`.
+struct TickedCoord {
+    positions: RangedCoordf64,
+    major: Vec<f64>,
+    minor: Vec<f64>,
+}
+
+impl Ranged for TickedCoord {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.positions.map(value, limit)
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        if hint.weight().allow_light_points() {
+            self.minor.clone()
+        } else {
+            self.major.clone()
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.positions.range()
+    }
+}
+
+/// Vertical margins of a bar inside its row, in pixels: top and bottom.
+#[derive(Debug, Clone, Copy)]
+struct Lane(u32, u32);
+
+/// The stacked segments of a row without overlays.
+const FULL_LANE: Lane = Lane(12, 12);
+/// The stacked segments of a row with overlays, above them.
+const STACK_LANE: Lane = Lane(8, 30);
+/// The overlays, under the stacked segments.
+const OVERLAY_LANE: Lane = Lane(58, 8);
+
+/// Draws a stacked horizontal bar chart with a legend of `series` names. Overlays are drawn in
+/// a thinner lane under their row's segments, so an interval that overlaps the segments shows
+/// as such instead of being stacked after them.
 pub fn stacked_bars(
     id: &str,
     rows: &[StackedRow],
     series: &[String],
     axis: &Axis,
 ) -> Result<String, PlotError> {
-    let max = rows
-        .iter()
-        .map(|row| {
-            let total: f64 = row.segments.iter().map(|segment| segment.value).sum();
-            total.max(row.marker.unwrap_or(0.0))
-        })
-        .fold(0.0, f64::max);
+    let ends = rows.iter().flat_map(|row| {
+        let total: f64 = row.segments.iter().map(|segment| segment.value).sum();
+        let overlays = row.overlays.iter().map(|overlay| overlay.end);
+        overlays.chain([total, row.marker.unwrap_or(0.0)])
+    });
+    let starts = rows.iter().flat_map(|row| {
+        let first = row.segments.first().map(|segment| segment.value);
+        first
+            .into_iter()
+            .chain(row.overlays.iter().map(|o| o.end - o.start))
+    });
+    let scale = choose_scale(axis, starts.chain(ends.clone()), ends);
     let legend_height = LEGEND_ROW_HEIGHT * series.len().div_ceil(LEGEND_COLUMNS) as u32 + 20;
     let height = 130 + ROW_HEIGHT * rows.len() as u32 + legend_height;
     let labels: Vec<String> = rows.iter().map(|row| row.label.clone()).collect();
     draw(id, height, |root| {
         let (plot_area, legend_area) = root.split_vertically(height - legend_height);
-        let mut chart = row_chart(&plot_area, &labels, 0.0..nice_max(max))?;
-        configure_mesh(&mut chart, &labels, axis)?;
+        let mut chart = row_chart(&plot_area, &labels, &scale)?;
+        configure_mesh(&mut chart, &labels, axis, &scale)?;
         let count = rows.len();
         for (index, row) in rows.iter().enumerate() {
             let y = count - 1 - index;
+            let lane = if row.overlays.is_empty() {
+                FULL_LANE
+            } else {
+                STACK_LANE
+            };
             let mut start = 0.0;
             for segment in &row.segments {
                 let colour = PALETTE[segment.series % PALETTE.len()];
                 let end = start + segment.value;
-                chart.draw_series(std::iter::once(bar(start, end, y, colour.filled(), 12)))?;
+                draw_bar(&mut chart, &scale, (start, end), y, colour, lane)?;
                 start = end;
+            }
+            for overlay in &row.overlays {
+                let colour = PALETTE[overlay.series % PALETTE.len()];
+                let span = (overlay.start, overlay.end);
+                draw_bar(&mut chart, &scale, span, y, colour, OVERLAY_LANE)?;
             }
             if let Some(marker) = row.marker {
                 chart.draw_series(std::iter::once(
-                    EmptyElement::at((marker, SegmentValue::CenterOf(y)))
+                    EmptyElement::at((scale.position(marker), row_centre(y)))
                         + Rectangle::new([(-2, -32), (2, 32)], INK.filled()),
                 ))?;
             }
@@ -159,36 +237,27 @@ pub fn stacked_bars(
     })
 }
 
-/// Draws horizontal bars with interval whiskers.
+/// Draws horizontal bars with interval whiskers. On a log axis each bar starts at the axis
+/// start, so compare bar ends, not lengths.
 pub fn interval_bars(id: &str, rows: &[BarRow], axis: &Axis) -> Result<String, PlotError> {
-    let highs = rows.iter().map(|row| {
-        row.interval
-            .map_or(row.value, |(_, high)| high.max(row.value))
+    let values = rows.iter().flat_map(|row| {
+        let (low, high) = row.interval.unwrap_or((row.value, row.value));
+        [row.value, low, high]
     });
-    let lows = rows.iter().map(|row| {
-        row.interval
-            .map_or(row.value, |(low, _)| low.min(row.value))
-    });
-    let max = highs.fold(0.0, f64::max);
-    let min = lows.fold(0.0, f64::min);
+    let scale = choose_scale(axis, values.clone(), values);
     let height = 130 + ROW_HEIGHT * rows.len() as u32;
     let labels: Vec<String> = rows.iter().map(|row| row.label.clone()).collect();
     draw(id, height, |root| {
-        let low = if min < 0.0 { -nice_max(-min) } else { 0.0 };
-        let mut chart = row_chart(root, &labels, low..nice_max(max))?;
-        configure_mesh(&mut chart, &labels, axis)?;
+        let mut chart = row_chart(root, &labels, &scale)?;
+        configure_mesh(&mut chart, &labels, axis, &scale)?;
         let count = rows.len();
+        let base = if scale.log { scale.low } else { 0.0 };
         for (index, row) in rows.iter().enumerate() {
             let y = count - 1 - index;
-            chart.draw_series(std::iter::once(bar(
-                0.0,
-                row.value,
-                y,
-                row.colour.filled(),
-                16,
-            )))?;
+            let lane = Lane(16, 16);
+            draw_bar(&mut chart, &scale, (base, row.value), y, row.colour, lane)?;
             if let Some((low, high)) = row.interval {
-                draw_whisker(&mut chart, low, high, y)?;
+                draw_whisker(&mut chart, scale.position(low), scale.position(high), y)?;
             }
         }
         Ok(())
@@ -198,39 +267,50 @@ pub fn interval_bars(id: &str, rows: &[BarRow], axis: &Axis) -> Result<String, P
 /// Draws one strip per row: the range as a thin line, a shaded band, the median as a thick
 /// tick, an optional hollow tail marker, and the values as dots when there are few.
 pub fn distributions(id: &str, rows: &[DistributionRow], axis: &Axis) -> Result<String, PlotError> {
-    let all = || {
-        rows.iter()
-            .flat_map(|row| row.values.iter().copied().chain([row.summary.range.1]))
-    };
-    let max = all().fold(0.0, f64::max);
-    let min_positive = all()
-        .filter(|value| *value > 0.0)
-        .fold(f64::INFINITY, f64::min);
+    let values = rows.iter().flat_map(|row| {
+        let summary = row.summary;
+        row.values
+            .iter()
+            .copied()
+            .chain([summary.range.0, summary.range.1])
+    });
+    let scale = choose_scale(axis, values.clone(), values);
     let height = 130 + ROW_HEIGHT * rows.len() as u32;
     let labels: Vec<String> = rows.iter().map(|row| row.label.clone()).collect();
     draw(id, height, |root| {
         let count = rows.len();
-        if axis.log {
-            let low = if min_positive.is_finite() {
-                decade_floor(min_positive)
-            } else {
-                1e-6
-            };
-            let high = decade_ceil(max.max(low * 10.0));
-            let mut chart = row_chart(root, &labels, (low..high).log_scale())?;
-            configure_mesh(&mut chart, &labels, axis)?;
-            for (index, row) in rows.iter().enumerate() {
-                draw_distribution_row(&mut chart, row, count - 1 - index, low)?;
-            }
-        } else {
-            let mut chart = row_chart(root, &labels, 0.0..nice_max(max))?;
-            configure_mesh(&mut chart, &labels, axis)?;
-            for (index, row) in rows.iter().enumerate() {
-                draw_distribution_row(&mut chart, row, count - 1 - index, f64::MIN)?;
-            }
+        let mut chart = row_chart(root, &labels, &scale)?;
+        configure_mesh(&mut chart, &labels, axis, &scale)?;
+        for (index, row) in rows.iter().enumerate() {
+            draw_distribution_row(&mut chart, &scale, row, count - 1 - index)?;
         }
         Ok(())
     })
+}
+
+/// Chooses the axis over `values`: logarithmic around the positive ones when the axis is, else
+/// linear from zero (or the most negative value) to the largest of `highs`.
+fn choose_scale(
+    axis: &Axis,
+    values: impl Iterator<Item = f64>,
+    highs: impl Iterator<Item = f64>,
+) -> Scale {
+    let values: Vec<f64> = values.filter(|value| value.is_finite()).collect();
+    let max = highs
+        .filter(|value| value.is_finite())
+        .fold(f64::MIN, f64::max)
+        .max(0.0);
+    if axis.log {
+        let min_positive = values
+            .iter()
+            .copied()
+            .filter(|value| *value > 0.0)
+            .fold(f64::INFINITY, f64::min);
+        Scale::log(min_positive, max)
+    } else {
+        let min = values.iter().copied().fold(0.0, f64::min);
+        Scale::linear(min, max)
+    }
 }
 
 fn draw(
@@ -253,82 +333,91 @@ fn draw(
     Ok(svg)
 }
 
-fn row_chart<'a, X>(
+fn row_chart<'a>(
     area: &Root<'a>,
     labels: &[String],
-    x: X,
-) -> Result<RowChart<'a, X::CoordDescType>, DrawError>
-where
-    X: AsRangedCoord<Value = f64>,
-{
+    scale: &Scale,
+) -> Result<RowChart<'a>, DrawError> {
+    let ticks = scale.ticks();
+    let x = TickedCoord {
+        positions: scale.range().into(),
+        major: ticks.major,
+        minor: ticks.minor,
+    };
+    let count = labels.len().max(1);
+    let y = TickedCoord {
+        positions: (0.0..count as f64).into(),
+        major: (0..count).map(row_centre).collect(),
+        minor: Vec::new(),
+    };
     ChartBuilder::on(area)
         .margin_top(20)
-        .margin_right(40)
+        .margin_right(70)
         .margin_left(10)
         .x_label_area_size(90)
         .y_label_area_size(label_area_width(labels))
-        .build_cartesian_2d(x, (0..labels.len()).into_segmented())
+        .build_cartesian_2d(x, y)
 }
 
-fn configure_mesh<X>(
-    chart: &mut RowChart<'_, X>,
+/// Vertical position of the centre of row `y`, counted from the bottom.
+fn row_centre(y: usize) -> f64 {
+    y as f64 + 0.5
+}
+
+fn configure_mesh(
+    chart: &mut RowChart<'_>,
     labels: &[String],
     axis: &Axis,
-) -> Result<(), DrawError>
-where
-    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
-{
+    scale: &Scale,
+) -> Result<(), DrawError> {
     let count = labels.len();
-    let row_label = |value: &SegmentValue<usize>| match value {
-        SegmentValue::CenterOf(y) if *y < count => labels[count - 1 - *y].clone(),
-        _ => String::new(),
+    let row_label = |position: &f64| {
+        let y = position.floor();
+        if y >= 0.0 && (y as usize) < count {
+            labels[count - 1 - y as usize].clone()
+        } else {
+            String::new()
+        }
     };
     let format = axis.format;
+    let scale = *scale;
     chart
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(count)
         .y_label_formatter(&row_label)
-        .x_labels(8)
-        .x_label_formatter(&|value: &f64| format(*value))
+        .x_label_formatter(&|position: &f64| format(scale.value(*position)))
         .x_desc(axis.title.as_str())
         .label_style((FONT, LABEL_SIZE).into_font().color(&INK))
         .axis_desc_style((FONT, LABEL_SIZE).into_font().color(&INK))
         .axis_style(INK.stroke_width(2))
         .light_line_style(RGBColor(0xE4, 0xE4, 0xE4))
-        .bold_line_style(RGBColor(0xC8, 0xC8, 0xC8))
+        .bold_line_style(RGBColor(0xB8, 0xB8, 0xB8))
         .draw()
 }
 
-fn bar(
-    start: f64,
-    end: f64,
+/// Draws a filled bar over `span` (values, not positions) with a dark outline.
+fn draw_bar(
+    chart: &mut RowChart<'_>,
+    scale: &Scale,
+    span: (f64, f64),
     y: usize,
-    style: ShapeStyle,
-    margin: u32,
-) -> Rectangle<(f64, SegmentValue<usize>)> {
-    let mut rectangle = Rectangle::new(
-        [
-            (start, SegmentValue::Exact(y)),
-            (end, SegmentValue::Exact(y + 1)),
-        ],
-        style,
-    );
-    rectangle.set_margin(margin, margin, 0, 0);
-    rectangle
+    colour: RGBColor,
+    lane: Lane,
+) -> Result<(), DrawError> {
+    let (start, end) = (scale.position(span.0), scale.position(span.1));
+    let corners = [(start, y as f64), (end, (y + 1) as f64)];
+    for style in [colour.filled(), OUTLINE.stroke_width(1)] {
+        let mut rectangle = Rectangle::new(corners, style);
+        rectangle.set_margin(lane.0, lane.1, 0, 0);
+        chart.draw_series(std::iter::once(rectangle))?;
+    }
+    Ok(())
 }
 
-fn draw_whisker<X>(
-    chart: &mut RowChart<'_, X>,
-    low: f64,
-    high: f64,
-    y: usize,
-) -> Result<(), DrawError>
-where
-    X: Ranged<ValueType = f64>,
-{
+fn draw_whisker(chart: &mut RowChart<'_>, low: f64, high: f64, y: usize) -> Result<(), DrawError> {
     let style = INK.stroke_width(3);
-    let centre = |x| (x, SegmentValue::CenterOf(y));
+    let centre = |x| (x, row_centre(y));
     chart.draw_series(std::iter::once(PathElement::new(
         vec![centre(low), centre(high)],
         style,
@@ -341,17 +430,13 @@ where
     Ok(())
 }
 
-fn draw_distribution_row<X>(
-    chart: &mut RowChart<'_, X>,
+fn draw_distribution_row(
+    chart: &mut RowChart<'_>,
+    scale: &Scale,
     row: &DistributionRow,
     y: usize,
-    floor: f64,
-) -> Result<(), DrawError>
-where
-    X: Ranged<ValueType = f64>,
-{
-    let clamp = |value: f64| value.max(floor);
-    let centre = |x: f64| (clamp(x), SegmentValue::CenterOf(y));
+) -> Result<(), DrawError> {
+    let centre = |x: f64| (scale.position(x), row_centre(y));
     let summary = row.summary;
 
     // Range, then the band, then the dots, then the median and tail on top.
@@ -359,13 +444,15 @@ where
         vec![centre(summary.range.0), centre(summary.range.1)],
         row.colour.stroke_width(2),
     )))?;
-    chart.draw_series(std::iter::once(bar(
-        clamp(summary.band.0),
-        clamp(summary.band.1),
-        y,
+    let mut band = Rectangle::new(
+        [
+            (scale.position(summary.band.0), y as f64),
+            (scale.position(summary.band.1), (y + 1) as f64),
+        ],
         row.colour.mix(0.35).filled(),
-        12,
-    )))?;
+    );
+    band.set_margin(12, 12, 0, 0);
+    chart.draw_series(std::iter::once(band))?;
     if row.values.len() <= MAX_DOTS {
         let dots = row.values.iter().enumerate().map(|(index, value)| {
             // Spread the dots over the strip's height in a fixed pattern so equal values stay
@@ -398,6 +485,10 @@ fn draw_legend(area: &Root<'_>, series: &[String]) -> Result<(), DrawError> {
         let y = 10 + row * LEGEND_ROW_HEIGHT as i32;
         let colour = PALETTE[index % PALETTE.len()];
         area.draw(&Rectangle::new([(x, y), (x + 28, y + 28)], colour.filled()))?;
+        area.draw(&Rectangle::new(
+            [(x, y), (x + 28, y + 28)],
+            OUTLINE.stroke_width(1),
+        ))?;
         area.draw(&Text::new(
             name.clone(),
             (x + 38, y + 2),
@@ -416,29 +507,6 @@ fn label_area_width(labels: &[String]) -> u32 {
     (longest * LABEL_SIZE * 6 / 10 + 30).clamp(120, 560)
 }
 
-/// Rounds up to 1, 2 or 5 times a power of ten, with 5% headroom.
-fn nice_max(value: f64) -> f64 {
-    if value <= 0.0 || !value.is_finite() {
-        return 1.0;
-    }
-    let padded = value * 1.05;
-    let magnitude = 10f64.powf(padded.log10().floor());
-    let mantissa = padded / magnitude;
-    let nice = [1.0, 2.0, 2.5, 5.0, 10.0]
-        .into_iter()
-        .find(|step| mantissa <= *step)
-        .unwrap_or(10.0);
-    nice * magnitude
-}
-
-fn decade_floor(value: f64) -> f64 {
-    10f64.powf(value.log10().floor())
-}
-
-fn decade_ceil(value: f64) -> f64 {
-    10f64.powf(value.log10().ceil())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,19 +515,23 @@ mod tests {
         format!("{value:.2} s")
     }
 
+    /// Contents of every `<text>` element, trimmed.
+    fn texts(svg: &str) -> Vec<String> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|element| {
+                let content = element.split_once('>')?.1;
+                Some(content.split_once("</text>")?.0.trim().to_owned())
+            })
+            .collect()
+    }
+
     fn axis(log: bool) -> Axis {
         Axis {
             title: "time (s)".into(),
             log,
             format: seconds,
         }
-    }
-
-    #[test]
-    fn nice_max_rounds_up() {
-        assert_eq!(nice_max(0.9), 1.0);
-        assert_eq!(nice_max(1.3), 2.0);
-        assert_eq!(nice_max(0.0), 1.0);
     }
 
     #[test]
@@ -476,6 +548,7 @@ mod tests {
                     value: 0.5,
                 },
             ],
+            overlays: Vec::new(),
             marker: Some(0.7),
         }];
         let svg = stacked_bars(
@@ -516,5 +589,73 @@ mod tests {
             interval: Some((-8.0, 2.0)),
         }];
         assert!(interval_bars("memory", &rows, &axis(false)).is_ok());
+    }
+
+    #[test]
+    fn stacked_overlay_draws_in_own_lane() {
+        let rows = vec![StackedRow {
+            label: "docker".into(),
+            segments: vec![
+                Segment {
+                    series: 0,
+                    value: 0.25,
+                },
+                Segment {
+                    series: 1,
+                    value: 0.5,
+                },
+            ],
+            overlays: vec![Overlay {
+                series: 2,
+                start: 0.01,
+                end: 0.27,
+            }],
+            marker: None,
+        }];
+        let series = ["start".into(), "kernel_ready".into(), "start_call".into()];
+        let svg = stacked_bars("phases", &rows, &series, &axis(false)).unwrap();
+        assert!(svg.contains("start_call"));
+        // Segments and the overlay are each a fill plus an outline.
+        assert!(svg.matches("<rect").count() >= 6);
+    }
+
+    #[test]
+    fn log_interval_bars_label_every_decade() {
+        let mb_s = |value: f64| format!("{value}");
+        let axis = Axis {
+            title: "MB/s (log scale)".into(),
+            log: true,
+            format: mb_s,
+        };
+        let rows: Vec<BarRow> = [3.0, 40.0, 18_000.0]
+            .into_iter()
+            .map(|value| BarRow {
+                label: format!("cell {value}"),
+                colour: PALETTE[0],
+                value,
+                interval: Some((value * 0.9, value * 1.1)),
+            })
+            .collect();
+        let svg = interval_bars("throughput", &rows, &axis).unwrap();
+        let texts = texts(&svg);
+        for label in ["1", "10", "100", "1000", "10000", "100000"] {
+            assert!(
+                texts.iter().any(|text| text == label),
+                "no tick {label} in {texts:?}"
+            );
+        }
+        assert!(texts.iter().any(|text| text == "MB/s (log scale)"));
+    }
+
+    #[test]
+    fn single_row_keeps_its_label() {
+        let rows = vec![BarRow {
+            label: "only".into(),
+            colour: PALETTE[0],
+            value: 1.0,
+            interval: None,
+        }];
+        let svg = interval_bars("single", &rows, &axis(false)).unwrap();
+        assert!(texts(&svg).iter().any(|text| text == "only"));
     }
 }

@@ -62,6 +62,35 @@ fn report_has_every_chart() {
 }
 
 #[test]
+fn docker_start_call_is_drawn_alongside() {
+    let report = Report::build(&[common::results("lab-host", 4)], "2026-12-04").unwrap();
+    let phases = report
+        .charts
+        .iter()
+        .find(|chart| chart.id == "startup-phases")
+        .unwrap();
+    assert!(phases.svg.contains("start_call (alongside)"));
+    assert!(phases.explanation.contains("alongside"));
+    assert!(report
+        .html
+        .contains("phase:start_call</code> (alongside, from"));
+}
+
+#[test]
+fn throughput_axis_names_its_scale() {
+    let report = Report::build(&[common::results("lab-host", 4)], "2026-12-04").unwrap();
+    let throughput = report
+        .charts
+        .iter()
+        .find(|chart| chart.id == "throughput")
+        .unwrap();
+    assert!(
+        throughput.svg.contains("log scale") || throughput.svg.contains("linear scale"),
+        "the throughput axis does not name its scale"
+    );
+}
+
+#[test]
 fn report_is_self_contained() {
     let report = Report::build(&[common::results("lab-host", 4)], "2026-12-04").unwrap();
     let html = &report.html;

@@ -6,10 +6,11 @@
 //! limits. The host reaches the Jupyter kernel at the container's own address on that network,
 //! with no published ports and no userland proxy in the path.
 //!
-//! Phase marks, in time order: `container_created` when the create call returns, the guest
-//! entrypoint's markers (`init_started`, `exec_kernel`) as they arrive on the attach stream,
-//! and `container_started` when the start call returns. With Debian's engine 20.10 the markers
-//! usually arrive a few milliseconds before the start call returns.
+//! Phase marks: `container_created` when the create call returns, the guest entrypoint's
+//! markers (`init_started`, `exec_kernel`) as they arrive on the attach stream, and
+//! `container_started` when the start call returns. With Debian's engine 20.10 the markers
+//! usually arrive a few milliseconds before the start call returns, so the start call's
+//! interval is a concurrent phase (`start_call`, see `crate::phases`), not a step between them.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
