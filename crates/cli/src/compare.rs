@@ -14,9 +14,6 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use isobench_harness::backend::docker::{DockerBackend, DockerOptions};
-use isobench_harness::backend::microvm::MicrovmBackend;
-use isobench_harness::backend::process::ProcessBackend;
 use isobench_harness::backend::{Backend, BackendKind, GuestImagePaths};
 use isobench_harness::cancel::{self, Cancel};
 use isobench_harness::host::{
@@ -36,13 +33,8 @@ use isobench_report::format::{format_mib, format_seconds};
 use isobench_vmm::emulated::{default_cache_dir, EmulatedHost, EmulatedRun, ProgramArg};
 use isobench_workload::Suite;
 
-use crate::run::BackendArg;
-
-/// Smallest guest RAM or container limit that runs the Jupyter kernel with numpy, in MiB.
-const MIN_MEMORY_MIB: u32 = 256;
-
-/// Largest `--vcpus`: the microVM's vCPU limit.
-const MAX_VCPUS: u32 = 32;
+use crate::flags::{create_direct_backend, BackendArg, TrialFlags};
+use crate::interrupt::{kept_trials, planned_trials};
 
 /// Pause between ready and the idle memory sample.
 const IDLE_SETTLE: Duration = Duration::from_millis(500);
@@ -163,39 +155,20 @@ pub fn main(args: CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn resolve(args: CompareArgs) -> anyhow::Result<Settings> {
-    if args.trials == 0 {
-        anyhow::bail!("invalid --trials 0: run at least 1 measured trial per backend");
+    let limits = TrialFlags {
+        trials: args.trials,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        memory_flag: "--memory-mib",
+        ready_deadline_s: args.ready_deadline,
+        trial_deadline_s: args.trial_deadline,
+        suite: args.suite.as_deref(),
     }
-    if args.vcpus == 0 || args.vcpus > MAX_VCPUS {
-        anyhow::bail!("invalid --vcpus {}: use 1 to {MAX_VCPUS}", args.vcpus);
-    }
-    if args.memory_mib < MIN_MEMORY_MIB {
-        anyhow::bail!(
-            "invalid --memory-mib {}: the Jupyter kernel needs at least {MIN_MEMORY_MIB} MiB",
-            args.memory_mib
-        );
-    }
-    let ready_deadline = seconds("--ready-deadline", args.ready_deadline)?;
-    let trial_deadline = seconds("--trial-deadline", args.trial_deadline)?;
-    if trial_deadline < ready_deadline {
-        anyhow::bail!(
-            "invalid --trial-deadline {}: it must be at least --ready-deadline {}",
-            args.trial_deadline,
-            args.ready_deadline
-        );
-    }
-    let suite = match &args.suite {
-        Some(path) => Suite::from_file(path)?,
-        None => Suite::default_suite(),
-    };
+    .check()?;
     let requested = args.backends.map(|list| {
         let mut kinds: Vec<BackendKind> = Vec::new();
         for backend in list {
-            let kind = match backend {
-                BackendArg::Process => BackendKind::Process,
-                BackendArg::Docker => BackendKind::Docker,
-                BackendArg::Microvm => BackendKind::Microvm,
-            };
+            let kind = BackendKind::from(backend);
             if !kinds.contains(&kind) {
                 kinds.push(kind);
             }
@@ -213,24 +186,17 @@ fn resolve(args: CompareArgs) -> anyhow::Result<Settings> {
         requested,
         trials: args.trials,
         warmup: args.warmup,
-        suite,
+        suite: limits.suite,
         vcpus: args.vcpus,
         memory_mib: args.memory_mib,
         out,
         microvm_host: args.microvm_host,
-        ready_deadline,
-        trial_deadline,
+        ready_deadline: limits.ready_deadline,
+        trial_deadline: limits.trial_deadline,
         suite_path: args.suite,
         image_override: args.image_vmlinux.zip(args.image_rootfs_ext4),
         results_stdout: args.results_stdout,
     })
-}
-
-fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
-    if !(value.is_finite() && value > 0.0) {
-        anyhow::bail!("invalid {flag} {value}: use a positive number of seconds");
-    }
-    Ok(Duration::from_secs_f64(value))
 }
 
 fn default_out_dir() -> PathBuf {
@@ -272,22 +238,15 @@ async fn select_backends(settings: &Settings) -> anyhow::Result<Selection> {
     };
     for kind in candidates {
         let probed = match kind {
-            BackendKind::Process => ProcessBackend::check_available()
-                .map(|()| direct(Arc::new(ProcessBackend::new())))
-                .map_err(|error| error.to_string()),
-            BackendKind::Docker => match DockerBackend::connect(DockerOptions::default()).await {
-                Ok(docker) => {
-                    let version = docker.engine_version();
-                    selection.docker = Some(DockerInfo {
-                        engine_version: version.engine.clone(),
-                        api_version: version.api.clone(),
-                        cgroup_version: Some(host_cgroup_version().into()),
-                    });
-                    Ok(direct(Arc::new(docker)))
-                }
-                Err(error) => Err(error.to_string()),
-            },
-            BackendKind::Microvm => match microvm_backend(settings.microvm_host) {
+            BackendKind::Process | BackendKind::Docker => {
+                create_direct_backend(kind).await.map(|created| {
+                    if created.docker.is_some() {
+                        selection.docker = created.docker;
+                    }
+                    direct(created.backend)
+                })
+            }
+            BackendKind::Microvm => match microvm_backend(settings.microvm_host).await {
                 Ok(MicrovmChoice::Direct(planned)) => Ok(planned),
                 Ok(MicrovmChoice::Emulated(host)) => {
                     selection.emulated = Some(host);
@@ -321,16 +280,6 @@ async fn select_backends(settings: &Settings) -> anyhow::Result<Selection> {
     Ok(selection)
 }
 
-/// cgroup version the host mounts at `/sys/fs/cgroup`, which the Docker engine follows: `2`
-/// for the unified hierarchy, `1` for the legacy or hybrid layout.
-fn host_cgroup_version() -> &'static str {
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "2"
-    } else {
-        "1"
-    }
-}
-
 fn direct(backend: Arc<dyn Backend>) -> PlannedBackend {
     PlannedBackend {
         backend,
@@ -357,7 +306,7 @@ enum MicrovmChoice {
 /// Decides whether and where the microVM runs: directly on hardware KVM or when
 /// `--microvm-host direct` insists, in the emulated host when `--microvm-host emulated` asks,
 /// and never by default on other kinds of KVM.
-fn microvm_backend(host: Option<MicrovmHost>) -> Result<MicrovmChoice, String> {
+async fn microvm_backend(host: Option<MicrovmHost>) -> Result<MicrovmChoice, String> {
     let kvm = KvmInfo::probe();
     match (host, kvm.flavour) {
         (Some(MicrovmHost::Direct), _) | (None, KvmFlavour::Hardware) => {}
@@ -387,8 +336,7 @@ fn microvm_backend(host: Option<MicrovmHost>) -> Result<MicrovmChoice, String> {
             ))
         }
     }
-    MicrovmBackend::check_available().map_err(|error| error.to_string())?;
-    let backend = MicrovmBackend::new().map_err(|error| error.to_string())?;
+    let created = create_direct_backend(BackendKind::Microvm).await?;
     if kvm.flavour != KvmFlavour::Hardware {
         eprintln!(
             "isobench: warning: running the microvm on {} KVM; its guest kernel may not \
@@ -396,7 +344,7 @@ fn microvm_backend(host: Option<MicrovmHost>) -> Result<MicrovmChoice, String> {
             kvm.flavour
         );
     }
-    Ok(MicrovmChoice::Direct(direct(Arc::new(backend))))
+    Ok(MicrovmChoice::Direct(direct(created.backend)))
 }
 
 /// Guest image paths given on the command line, as the emulated host's inner run gets them.
@@ -554,6 +502,11 @@ async fn compare(
     }
 
     let index = crate::report::render(std::slice::from_ref(&results), &settings.out)?;
+    if results.run.interrupted {
+        for line in kept_trials(&results) {
+            eprintln!("isobench: {line}");
+        }
+    }
     print_figures(&results);
     out!("results: {}", results_path.display());
     out!("report:  {}", index.display());
@@ -703,18 +656,28 @@ fn tail(stderr: &[u8]) -> String {
     format!("; last output: {}", lines.join(" | "))
 }
 
-/// Prints the headline figures of each backend.
+/// Prints the headline figures of each backend, each line ending with the kind of KVM they
+/// were measured on.
 fn print_figures(results: &Results) {
     let summary = isobench_harness::summary::RunSummary::of(results, &Default::default());
     for backend in &summary.backends {
-        out!("{}", headline(backend));
+        let trials: Vec<&TrialRecord> = results
+            .trials
+            .iter()
+            .filter(|trial| trial.backend == backend.backend)
+            .collect();
+        let planned = planned_trials(results, &trials);
+        let kvm_label = results.host.figure_label(backend.execution_host);
+        out!("{}  [{kvm_label}]", headline(backend, planned));
     }
 }
 
-fn headline(backend: &BackendSummary) -> String {
+/// The backend's trial count and main figures on one line; `planned` is its measured trials
+/// in the plan, so an interrupted run shows how many of them completed.
+fn headline(backend: &BackendSummary, planned: usize) -> String {
     let mut parts = vec![format!(
-        "{:<8} {} of {} trials",
-        backend.backend, backend.completed, backend.trials
+        "{:<8} {} of {planned} trials completed",
+        backend.backend, backend.completed
     )];
     if let Some(ready) = backend.figure("launch_to_ready") {
         parts.push(format!(

@@ -15,7 +15,9 @@ macro_rules! out {
 
 mod compare;
 mod doctor;
+mod flags;
 mod image;
+mod interrupt;
 mod report;
 mod run;
 mod vm;

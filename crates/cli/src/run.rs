@@ -7,14 +7,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use isobench_harness::backend::docker::{DockerBackend, DockerOptions};
-use isobench_harness::backend::microvm::MicrovmBackend;
-use isobench_harness::backend::process::ProcessBackend;
-use isobench_harness::backend::{Backend, BackendKind, GuestImagePaths};
+use isobench_harness::backend::{BackendKind, GuestImagePaths};
 use isobench_harness::cancel::{self, Cancel};
 use isobench_harness::host::{rfc3339_utc, DockerInfo, HostInfo, KvmFlavour, KvmInfo};
 use isobench_harness::image;
@@ -26,18 +22,11 @@ use isobench_harness::run::{PlannedBackend, RunObserver, RunPlan};
 use isobench_harness::stats::Bootstrap;
 use isobench_harness::summary::RunSummary;
 use isobench_harness::trial::{TrialObserver, TrialSettings};
+use isobench_report::format::{format_mib, format_seconds};
 use isobench_workload::Suite;
 
-/// Backends `isobench run` can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendArg {
-    /// No isolation: the root filesystem under chroot, the baseline.
-    Process,
-    /// A container run by the Docker Engine.
-    Docker,
-    /// The guest kernel in isobench's own KVM microVM.
-    Microvm,
-}
+use crate::flags::{create_direct_backend, BackendArg, TrialFlags};
+use crate::interrupt::kept_trials;
 
 /// Flags of `isobench run`.
 #[derive(clap::Args)]
@@ -65,8 +54,8 @@ pub struct RunArgs {
     vcpus: u32,
     /// Guest RAM of the microVM and memory limit of the container, in MiB; the process
     /// backend ignores it.
-    #[arg(long, default_value_t = 1024, value_name = "MIB")]
-    memory: u32,
+    #[arg(long, alias = "memory", default_value_t = 1024, value_name = "MIB")]
+    memory_mib: u32,
     /// Also writes the results to this `results.json` file, rewritten after every trial.
     #[arg(long, value_name = "FILE")]
     results: Option<PathBuf>,
@@ -108,85 +97,57 @@ struct RunConfigResolved {
 }
 
 async fn resolve(args: &RunArgs) -> anyhow::Result<RunConfigResolved> {
-    if args.trials == 0 {
-        anyhow::bail!("invalid --trials 0: run at least 1 measured trial");
+    let limits = TrialFlags {
+        trials: args.trials,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        memory_flag: "--memory-mib",
+        ready_deadline_s: args.ready_deadline,
+        trial_deadline_s: args.trial_deadline,
+        suite: args.suite.as_deref(),
     }
-    let ready_deadline = seconds("--ready-deadline", args.ready_deadline)?;
-    let trial_deadline = seconds("--trial-deadline", args.trial_deadline)?;
-    if trial_deadline < ready_deadline {
-        anyhow::bail!(
-            "invalid --trial-deadline {}: it must be at least --ready-deadline {}",
-            args.trial_deadline,
-            args.ready_deadline
-        );
-    }
-    let suite = match &args.suite {
-        Some(path) => Suite::from_file(path)?,
-        None => Suite::default_suite(),
-    };
+    .check()?;
     let (backend, docker) = backend(args.backend).await?;
     let image = locate_image(backend.backend.kind())?;
     Ok(RunConfigResolved {
         backend,
         docker,
-        suite,
+        suite: limits.suite,
         image,
         trials: args.trials,
         warmup: args.warmup,
         vcpus: args.vcpus,
-        memory_mib: args.memory,
-        ready_deadline,
-        trial_deadline,
+        memory_mib: args.memory_mib,
+        ready_deadline: limits.ready_deadline,
+        trial_deadline: limits.trial_deadline,
         results_path: args.results.clone(),
         json: args.json,
     })
 }
 
-fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
-    if !(value.is_finite() && value > 0.0) {
-        anyhow::bail!("invalid {flag} {value}: use a positive number of seconds");
-    }
-    Ok(Duration::from_secs_f64(value))
-}
-
-/// Creates the named backend, with the Docker engine's versions when it is `docker`. Each
-/// backend the harness offers gets one arm here.
+/// Creates the named backend, with the Docker engine's versions when it is `docker`. The
+/// microVM runs only on hardware KVM here; `isobench compare` can run it in the emulated host.
 async fn backend(name: BackendArg) -> anyhow::Result<(PlannedBackend, Option<DockerInfo>)> {
-    let mut docker_info = None;
-    let backend: Arc<dyn Backend> = match name {
-        BackendArg::Process => {
-            ProcessBackend::check_available()?;
-            Arc::new(ProcessBackend::new())
+    let kind = BackendKind::from(name);
+    if kind == BackendKind::Microvm {
+        let kvm = KvmInfo::probe();
+        if kvm.flavour != KvmFlavour::Hardware {
+            anyhow::bail!(
+                "this host's KVM is {}, on which a stock guest kernel does not boot in \
+                 useful time: use `isobench compare --backends microvm --microvm-host \
+                 emulated` or `isobench vm boot --host emulated`",
+                kvm.flavour
+            );
         }
-        BackendArg::Docker => {
-            let docker = DockerBackend::connect(DockerOptions::default()).await?;
-            let version = docker.engine_version();
-            docker_info = Some(DockerInfo {
-                engine_version: version.engine.clone(),
-                api_version: version.api.clone(),
-                cgroup_version: None,
-            });
-            Arc::new(docker)
-        }
-        BackendArg::Microvm => {
-            let kvm = KvmInfo::probe();
-            if kvm.flavour != KvmFlavour::Hardware {
-                anyhow::bail!(
-                    "this host's KVM is {}, on which a stock guest kernel does not boot in \
-                     useful time: use `isobench compare --backends microvm --microvm-host \
-                     emulated` or `isobench vm boot --host emulated`",
-                    kvm.flavour
-                );
-            }
-            MicrovmBackend::check_available()?;
-            Arc::new(MicrovmBackend::new()?)
-        }
-    };
+    }
+    let created = create_direct_backend(kind)
+        .await
+        .map_err(|reason| anyhow::anyhow!("backend {name:?} cannot run here: {reason}"))?;
     let planned = PlannedBackend {
-        backend,
+        backend: created.backend,
         execution_host: ExecutionHost::Direct,
     };
-    Ok((planned, docker_info))
+    Ok((planned, created.docker))
 }
 
 /// Finds the built guest image. The process and docker backends need only the root
@@ -260,20 +221,29 @@ async fn run(config: RunConfigResolved) -> anyhow::Result<ExitCode> {
         }
     });
     let workload = JupyterWorkload::new(config.suite.clone());
+    // Every printed figure carries the kind of KVM it was measured on.
+    let kvm_label = results.host.figure_label(ExecutionHost::Direct);
     let observer = Progress {
         text: !config.json,
         cancel: cancel.clone(),
+        kvm_label: kvm_label.clone(),
     };
     isobench_harness::run::run(&plan, &workload, &mut results, &cancel, &observer).await?;
 
     let summary = RunSummary::of(&results, &Bootstrap::default());
+    if results.run.interrupted {
+        for line in kept_trials(&results) {
+            eprintln!("isobench: {line}");
+        }
+    }
     let mut stdout = std::io::stdout().lock();
     if config.json {
         let document = serde_json::json!({ "results": results, "summary": summary });
         serde_json::to_writer_pretty(&mut stdout, &document)?;
         writeln!(stdout)?;
     } else {
-        print_summary(&mut stdout, &summary)?;
+        let planned = results.run.config.trials;
+        print_summary(&mut stdout, &summary, planned, &kvm_label)?;
     }
 
     let failed = results
@@ -291,6 +261,8 @@ async fn run(config: RunConfigResolved) -> anyhow::Result<ExitCode> {
 struct Progress {
     text: bool,
     cancel: Cancel,
+    /// The host's KVM kind, printed with each trial's figures.
+    kvm_label: String,
 }
 
 impl TrialObserver for Progress {}
@@ -305,13 +277,14 @@ impl RunObserver for Progress {
 
     fn trial_finished(&self, record: &TrialRecord) {
         if self.text {
-            eprint!("{}", describe_trial(record));
+            eprint!("{}", describe_trial(record, &self.kvm_label));
         }
     }
 }
 
-/// One trial in words: outcome, phases, readiness, memory and per-cell figures.
-fn describe_trial(record: &TrialRecord) -> String {
+/// One trial in words: outcome, phases, readiness, memory and per-cell figures, each figure
+/// line ending with the host's KVM kind.
+fn describe_trial(record: &TrialRecord, kvm_label: &str) -> String {
     let mut text = String::new();
     let kind = if record.warmup { "warm-up" } else { "trial" };
     let outcome = match &record.outcome {
@@ -330,32 +303,29 @@ fn describe_trial(record: &TrialRecord) -> String {
         TrialOutcome::Interrupted { stage } => format!("interrupted at {stage}"),
     };
     text.push_str(&format!("  {kind} {}: {outcome}\n", record.round + 1));
+
+    let mut figures = Vec::new();
     if let Some(ready) = record.launch_to_ready_s {
         let attempts = record.ready_attempts.unwrap_or(0);
-        text.push_str(&format!(
-            "    launch to ready {} ({attempts} kernel_info_request)\n",
+        figures.push(format!(
+            "launch to ready {} ({attempts} kernel_info_request)",
             format_seconds(ready)
         ));
     }
     for phase in &record.phases {
-        text.push_str(&format!(
-            "    phase {:<16} {}\n",
+        let alongside = if phase.concurrent { " (alongside)" } else { "" };
+        figures.push(format!(
+            "phase {:<16} {}{alongside}",
             phase.name,
             format_seconds(phase.duration_s())
         ));
     }
     if let Some(memory) = &record.memory_idle {
         if let Some(pss) = memory.sample.host_pss_bytes {
-            text.push_str(&format!(
-                "    host_pss at idle {}\n",
-                format_mib(pss as f64)
-            ));
+            figures.push(format!("host_pss at idle {}", format_mib(pss as f64)));
         }
         if let Some(delta) = memory.host_delta_bytes {
-            text.push_str(&format!(
-                "    host_delta at idle {}\n",
-                format_mib(delta as f64)
-            ));
+            figures.push(format!("host_delta at idle {}", format_mib(delta as f64)));
         }
     }
     for cell in &record.cells {
@@ -380,17 +350,27 @@ fn describe_trial(record: &TrialRecord) -> String {
                 sorted.len()
             ),
         };
-        text.push_str(&format!("    cell {:<18} {line}\n", cell.name));
+        figures.push(format!("cell {:<18} {line}", cell.name));
+    }
+    for figure in figures {
+        text.push_str(&format!("    {figure}  [{kvm_label}]\n"));
     }
     text
 }
 
-fn print_summary(out: &mut impl Write, summary: &RunSummary) -> std::io::Result<()> {
+/// Prints each backend's figures, each line ending with the host's KVM kind. `planned` is the
+/// run's measured trials per backend, so an interrupted run says how many of them finished.
+fn print_summary(
+    out: &mut impl Write,
+    summary: &RunSummary,
+    planned: u32,
+    kvm_label: &str,
+) -> std::io::Result<()> {
     for backend in &summary.backends {
         writeln!(
             out,
-            "{}: {} of {} measured trials completed",
-            backend.backend, backend.completed, backend.trials
+            "{}: {} of {planned} measured trials completed, on {kvm_label}",
+            backend.backend, backend.completed
         )?;
         for failure in &backend.failures {
             writeln!(
@@ -401,6 +381,7 @@ fn print_summary(out: &mut impl Write, summary: &RunSummary) -> std::io::Result<
                 failure.cause
             )?;
         }
+        let mut figures = Vec::new();
         for figure in &backend.figures {
             let estimate = &figure.estimate;
             let (median, low, high) = match figure.unit.as_str() {
@@ -420,32 +401,37 @@ fn print_summary(out: &mut impl Write, summary: &RunSummary) -> std::io::Result<
                     format!("{:.1}", estimate.ci_high),
                 ),
             };
-            writeln!(
-                out,
-                "  {:<28} median {median} (95% CI {low} .. {high}, n={})",
+            figures.push(format!(
+                "{:<28} median {median} (95% CI {low} .. {high}, n={})",
                 figure.name, estimate.count
-            )?;
+            ));
         }
         for phase in &backend.phases {
-            writeln!(
-                out,
-                "  phase {:<22} median {}",
-                phase.name,
-                format_seconds(phase.estimate.median)
-            )?;
+            let timing = if phase.concurrent {
+                format!(
+                    "median {}, alongside the phases above from {} after t0",
+                    format_seconds(phase.estimate.median),
+                    format_seconds(phase.start_median_s)
+                )
+            } else {
+                format!("median {}", format_seconds(phase.estimate.median))
+            };
+            figures.push(format!("phase {:<22} {timing}", phase.name));
         }
         for cell in &backend.cells {
             if let Some(latency) = &cell.latency {
-                writeln!(
-                    out,
-                    "  cell {:<23} p50 {} p95 {} p99 {} (n={})",
+                figures.push(format!(
+                    "cell {:<23} p50 {} p95 {} p99 {} (n={})",
                     cell.name,
                     format_seconds(latency.p50),
                     format_seconds(latency.p95),
                     format_seconds(latency.p99),
                     cell.latencies_s.len()
-                )?;
+                ));
             }
+        }
+        for figure in figures {
+            writeln!(out, "  {figure}  [{kvm_label}]")?;
         }
         for observation in &backend.observations {
             writeln!(
@@ -457,18 +443,6 @@ fn print_summary(out: &mut impl Write, summary: &RunSummary) -> std::io::Result<
         }
     }
     Ok(())
-}
-
-fn format_seconds(seconds: f64) -> String {
-    if seconds < 1.0 {
-        format!("{:.2} ms", seconds * 1e3)
-    } else {
-        format!("{seconds:.3} s")
-    }
-}
-
-fn format_mib(bytes: f64) -> String {
-    format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
 }
 
 fn indent(text: &str) -> String {

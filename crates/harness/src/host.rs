@@ -7,6 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::results::ExecutionHost;
+
 /// Git revision this build comes from (`-dirty` when tracked files had changes), or `None`
 /// when it was built outside a git work tree.
 pub const ISOBENCH_REVISION: Option<&str> = option_env!("ISOBENCH_GIT_REVISION");
@@ -106,6 +108,26 @@ impl HostInfo {
             hypervisor_vendor: host_is_vm.then(dmi_product).flatten(),
             kvm: KvmInfo::probe(),
             docker,
+        }
+    }
+}
+
+impl HostInfo {
+    /// Labels the kind of KVM that figures of `execution_host` were measured on, such as
+    /// `paravirtual KVM (kvm_pvm)`, for printing beside each figure. The emulated host's label
+    /// says that its figures are emulation times.
+    pub fn figure_label(&self, execution_host: ExecutionHost) -> String {
+        let kvm = &self.kvm;
+        let own = match (kvm.flavour, &kvm.module) {
+            (KvmFlavour::Unavailable, _) => "no KVM".to_owned(),
+            (flavour, Some(module)) => format!("{flavour} KVM ({module})"),
+            (flavour, None) => format!("{flavour} KVM"),
+        };
+        match execution_host {
+            ExecutionHost::Direct => own,
+            ExecutionHost::Emulated => {
+                format!("emulated hardware KVM in QEMU on {own}: emulation times")
+            }
         }
     }
 }
@@ -238,6 +260,26 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn figure_label_names_kvm_kind() {
+        let mut host = HostInfo::collect(None);
+        host.kvm = KvmInfo {
+            flavour: KvmFlavour::Paravirtual,
+            module: Some("kvm_pvm".into()),
+            api_version: Some(12),
+        };
+        assert_eq!(
+            host.figure_label(ExecutionHost::Direct),
+            "paravirtual KVM (kvm_pvm)"
+        );
+        let emulated = host.figure_label(ExecutionHost::Emulated);
+        assert!(emulated.starts_with("emulated hardware KVM"), "{emulated}");
+        assert!(emulated.contains("emulation times"), "{emulated}");
+        host.kvm.flavour = KvmFlavour::Unavailable;
+        host.kvm.module = None;
+        assert_eq!(host.figure_label(ExecutionHost::Direct), "no KVM");
+    }
 
     #[test]
     fn rfc3339_of_known_instant() {
