@@ -76,11 +76,10 @@ fn backend_line(results: &Results, backend: &str, trials: &[&TrialRecord]) -> St
     if failed > 0 {
         line.push_str(&format!(", {failed} failed and kept with their cause"));
     }
-    if warmups_planned > 0
-        && !trials
-            .iter()
-            .all(|t| t.execution_host == ExecutionHost::Emulated)
-    {
+    let emulated = trials
+        .iter()
+        .any(|trial| trial.execution_host == ExecutionHost::Emulated);
+    if warmups_planned > 0 && !emulated {
         line.push_str(&format!(
             "; {warmups_finished} of {warmups_planned} warm-ups finished, left out of every \
              figure"
@@ -196,6 +195,11 @@ mod tests {
         );
         assert!(
             lines[2].starts_with("docker: 0 of 3 trials completed and kept"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[2].contains("0 of 1 warm-ups finished"),
             "{}",
             lines[2]
         );

@@ -6,10 +6,10 @@ use isobench_harness::summary::{BackendSummary, RunSummary};
 use plotters::style::RGBColor;
 use serde::{Deserialize, Serialize};
 
-use crate::format::{format_bytes_axis, format_mb_s, format_seconds, MIB};
+use crate::format::{format_bytes_axis, format_mb_s, format_seconds_axis, MIB};
 use crate::plot::{
-    self, Axis, BarRow, DistributionRow, Overlay, PlotError, RowSummary, Segment, StackedRow,
-    PALETTE,
+    self, Axis, BarRow, DistributionRow, Overlay, PlotError, RowSummary, Segment, Series,
+    StackedRow, PALETTE,
 };
 
 /// Memory figures drawn in the host-side memory chart, in this order.
@@ -47,6 +47,26 @@ pub fn backend_colour(name: &str, index: usize) -> RGBColor {
         "docker" => PALETTE[1],
         "microvm" => PALETTE[2],
         _ => PALETTE[3 + index % (PALETTE.len() - 3)],
+    }
+}
+
+/// Colour of a startup phase, by its role, so that phases doing the same job on different
+/// backends share it. The colours are from Paul Tol's colour-blind-safe "muted" qualitative
+/// scheme, and none of them is one of the Okabe and Ito colours that mark backends.
+pub fn phase_colour(name: &str) -> RGBColor {
+    match name {
+        // Setting up the isolation before anything runs in it.
+        "create" | "vmm_setup" | "chroot_setup" => RGBColor(0x33, 0x22, 0x88), // indigo
+        // From the start request to the entrypoint's first instruction.
+        "start" | "spawn" | "guest_kernel" => RGBColor(0xCC, 0x66, 0x77), // rose
+        // The guest entrypoint, up to the Jupyter kernel's exec.
+        "entrypoint" | "guest_init" => RGBColor(0x44, 0xAA, 0x99), // teal
+        "guest_mounts" => RGBColor(0x99, 0x99, 0x33),              // olive
+        "vmm_spawn" => RGBColor(0x88, 0xCC, 0xEE),                 // cyan
+        "start_call" => RGBColor(0x88, 0x22, 0x55),                // wine
+        // Python start-up, on every backend.
+        "kernel_ready" => RGBColor(0xDD, 0xCC, 0x77), // sand
+        _ => RGBColor(0xAA, 0x44, 0x99),              // purple
     }
 }
 
@@ -88,7 +108,7 @@ fn seconds_axis(title: &str, log: bool) -> Axis {
     Axis {
         title: title.to_owned(),
         log,
-        format: format_seconds,
+        format: format_seconds_axis,
     }
 }
 
@@ -105,14 +125,18 @@ fn startup_phases(
     id: String,
     emulated: bool,
 ) -> Result<Option<Chart>, PlotError> {
-    let mut series: Vec<String> = Vec::new();
-    let mut series_index = |name: String| match series.iter().position(|known| *known == name) {
-        Some(index) => index,
-        None => {
-            series.push(name);
-            series.len() - 1
-        }
-    };
+    let mut series: Vec<Series> = Vec::new();
+    let mut series_index =
+        |phase: &str, name: String| match series.iter().position(|known| known.name == name) {
+            Some(index) => index,
+            None => {
+                series.push(Series {
+                    name,
+                    colour: phase_colour(phase),
+                });
+                series.len() - 1
+            }
+        };
     let mut rows = Vec::new();
     for backend in backends {
         if backend.phases.is_empty() {
@@ -124,7 +148,7 @@ fn startup_phases(
             let median = phase.estimate.median;
             if phase.concurrent {
                 overlays.push(Overlay {
-                    series: series_index(format!("{} (alongside)", phase.name)),
+                    series: series_index(&phase.name, format!("{} (alongside)", phase.name)),
                     start: phase.start_median_s,
                     end: phase.start_median_s + median,
                 });
@@ -133,7 +157,7 @@ fn startup_phases(
                 // legend entry each; they stay in results.json and in the table of every
                 // figure.
                 segments.push(Segment {
-                    series: series_index(phase.name.clone()),
+                    series: series_index(&phase.name, phase.name.clone()),
                     value: median,
                 });
             }
@@ -169,7 +193,8 @@ fn startup_phases(
             (create, then start up to the entrypoint's first marker). The thin bar under a row \
             runs alongside the phases above it: Docker's start_call lasts until the Engine API \
             returns from the start call, which it usually does after the entrypoint has begun. \
-            Every backend pays the Python start-up (kernel_ready)."
+            Every backend pays the Python start-up (kernel_ready). Phases with the same role \
+            share a colour on every backend."
                 .into(),
         emulated,
     }))
@@ -502,6 +527,27 @@ mod tests {
         assert_eq!(backend_colour("process", 5), PALETTE[0]);
         assert_eq!(backend_colour("docker", 0), PALETTE[1]);
         assert_ne!(backend_colour("qemu", 0), backend_colour("docker", 0));
+    }
+
+    #[test]
+    fn phase_colours_differ_from_backend_colours() {
+        let phases = [
+            "create",
+            "start",
+            "entrypoint",
+            "guest_mounts",
+            "vmm_spawn",
+            "start_call",
+            "kernel_ready",
+            "unknown_phase",
+        ];
+        for phase in phases {
+            for backend in ["process", "docker", "microvm"] {
+                assert_ne!(phase_colour(phase), backend_colour(backend, 0), "{phase}");
+            }
+        }
+        assert_eq!(phase_colour("spawn"), phase_colour("start"));
+        assert_ne!(phase_colour("start"), phase_colour("kernel_ready"));
     }
 
     #[test]

@@ -17,14 +17,32 @@ pub fn format_seconds(seconds: f64) -> String {
     }
 }
 
-/// Formats a MiB axis value.
-pub fn format_bytes_axis(mib: f64) -> String {
-    significant(mib)
+/// Formats seconds for an axis tick: as [`format_seconds`], without trailing zeros, so ticks
+/// stay short (`1 ms`, `2.5 s`).
+pub fn format_seconds_axis(seconds: f64) -> String {
+    trim_zeros(&format_seconds(seconds))
 }
 
-/// Formats an MB/s axis value.
+/// Formats a MiB axis value, without trailing zeros.
+pub fn format_bytes_axis(mib: f64) -> String {
+    trim_zeros(&significant(mib))
+}
+
+/// Formats an MB/s axis value, without trailing zeros.
 pub fn format_mb_s(mb_s: f64) -> String {
-    significant(mb_s)
+    trim_zeros(&significant(mb_s))
+}
+
+/// Removes trailing zeros after the decimal point of the number that starts `text`, and the
+/// point itself when nothing follows it: `1.00 ms` becomes `1 ms`, `2.50` becomes `2.5`.
+fn trim_zeros(text: &str) -> String {
+    let end = text.find(' ').unwrap_or(text.len());
+    let (number, unit) = text.split_at(end);
+    if !number.contains('.') {
+        return text.to_owned();
+    }
+    let trimmed = number.trim_end_matches('0').trim_end_matches('.');
+    format!("{trimmed}{unit}")
 }
 
 /// Formats bytes as MiB with three significant digits.
@@ -73,6 +91,17 @@ mod tests {
         assert_eq!(format_seconds(0.0456), "45.6 ms");
         assert_eq!(format_seconds(0.000789), "789 µs");
         assert_eq!(format_seconds(0.0), "0");
+    }
+
+    #[test]
+    fn axis_values_drop_trailing_zeros() {
+        assert_eq!(format_seconds_axis(0.001), "1 ms");
+        assert_eq!(format_seconds_axis(2.5), "2.5 s");
+        assert_eq!(format_seconds_axis(0.0), "0");
+        assert_eq!(format_mb_s(10.0), "10");
+        assert_eq!(format_mb_s(100.0), "100");
+        assert_eq!(format_bytes_axis(-20.0), "-20");
+        assert_eq!(format_bytes_axis(0.25), "0.25");
     }
 
     #[test]

@@ -76,7 +76,10 @@ fn host_section(anchor: &str, host: &HostSection<'_>) -> String {
     );
     html.push_str(&metadata_table(host.results));
     html.push_str("<h3>Summary</h3>");
-    html.push_str(&summary_table(host.summary));
+    html.push_str(&summary_table(
+        host.summary,
+        host.results.run.config.trials as usize,
+    ));
     html.push_str(&observations_table(host.summary));
     html.push_str(&notes(host.results, host.summary));
 
@@ -221,7 +224,9 @@ fn metadata_table(results: &Results) -> String {
     html
 }
 
-fn summary_table(summary: &RunSummary) -> String {
+/// The summary table. `planned` is the run's measured trials per backend, so a run stopped
+/// early shows how many of them completed; the emulated host runs fewer and shows its own count.
+fn summary_table(summary: &RunSummary, planned: usize) -> String {
     let mut html = String::from(
         "<div class=\"table-wrap\"><table class=\"summary\"><thead><tr><th>Backend</th><th>Trials</th>\
          <th>Launch to ready</th><th>× process</th><th>host_delta</th><th>× process</th>\
@@ -238,10 +243,14 @@ fn summary_table(summary: &RunSummary) -> String {
             }
         };
         let failed = backend.failures.len();
+        let planned = match backend.execution_host {
+            ExecutionHost::Direct => planned.max(backend.trials),
+            ExecutionHost::Emulated => backend.trials,
+        };
         let trials = format!(
             "{} of {}{}{}",
             backend.completed,
-            backend.trials,
+            planned,
             if failed > 0 {
                 format!(", <span class=\"failed\">{failed} failed</span>")
             } else {

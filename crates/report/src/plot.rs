@@ -9,6 +9,7 @@
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::scale::Scale;
 
@@ -40,13 +41,27 @@ pub const INK: RGBColor = RGBColor(0x11, 0x11, 0x11);
 const OUTLINE: RGBColor = RGBColor(0x33, 0x33, 0x33);
 
 const WIDTH: u32 = 1200;
+const MARGIN_LEFT: u32 = 10;
+/// Right margin, wide enough for half of the last tick label.
+const MARGIN_RIGHT: u32 = 70;
 const ROW_HEIGHT: u32 = 84;
 const FONT: &str = "sans-serif";
 const LABEL_SIZE: u32 = 34;
+/// Text size of the names written inside stacked segments.
+const SEGMENT_LABEL_SIZE: u32 = 28;
 const LEGEND_ROW_HEIGHT: u32 = 52;
 const LEGEND_COLUMNS: usize = 3;
 /// Rows with more values than this show their summary marks only.
 const MAX_DOTS: usize = 200;
+
+/// One entry of a stacked bar chart's legend.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Name shown in the legend, and inside each segment wide enough for it.
+    pub name: String,
+    /// Fill colour of its segments.
+    pub colour: RGBColor,
+}
 
 /// One segment of a stacked bar.
 #[derive(Debug, Clone)]
@@ -173,18 +188,20 @@ struct Lane(u32, u32);
 
 /// The stacked segments of a row without overlays.
 const FULL_LANE: Lane = Lane(12, 12);
-/// The stacked segments of a row with overlays, above them.
-const STACK_LANE: Lane = Lane(8, 30);
+/// The stacked segments of a row with overlays, above them. A row is at least 84 pixels
+/// high, so the two lanes keep a gap of at least 8 pixels.
+const STACK_LANE: Lane = Lane(6, 38);
 /// The overlays, under the stacked segments.
-const OVERLAY_LANE: Lane = Lane(58, 8);
+const OVERLAY_LANE: Lane = Lane(54, 6);
 
-/// Draws a stacked horizontal bar chart with a legend of `series` names. Overlays are drawn in
-/// a thinner lane under their row's segments, so an interval that overlaps the segments shows
-/// as such instead of being stacked after them.
+/// Draws a stacked horizontal bar chart with a legend of `series`. Overlays are drawn in a
+/// thinner lane under their row's segments, so an interval that overlaps the segments shows as
+/// such instead of being stacked after them. A segment wide enough for its series name shows
+/// the name inside.
 pub fn stacked_bars(
     id: &str,
     rows: &[StackedRow],
-    series: &[String],
+    series: &[Series],
     axis: &Axis,
 ) -> Result<String, PlotError> {
     let ends = rows.iter().flat_map(|row| {
@@ -204,7 +221,7 @@ pub fn stacked_bars(
     let labels: Vec<String> = rows.iter().map(|row| row.label.clone()).collect();
     draw(id, height, |root| {
         let (plot_area, legend_area) = root.split_vertically(height - legend_height);
-        let mut chart = row_chart(&plot_area, &labels, &scale)?;
+        let mut chart = row_chart(&plot_area, &labels, &scale, axis)?;
         configure_mesh(&mut chart, &labels, axis, &scale)?;
         let count = rows.len();
         for (index, row) in rows.iter().enumerate() {
@@ -216,15 +233,16 @@ pub fn stacked_bars(
             };
             let mut start = 0.0;
             for segment in &row.segments {
-                let colour = PALETTE[segment.series % PALETTE.len()];
+                let series = &series[segment.series];
                 let end = start + segment.value;
-                draw_bar(&mut chart, &scale, (start, end), y, colour, lane)?;
+                draw_bar(&mut chart, &scale, (start, end), y, series.colour, lane)?;
+                draw_segment_label(&mut chart, &scale, (start, end), y, lane, series)?;
                 start = end;
             }
             for overlay in &row.overlays {
-                let colour = PALETTE[overlay.series % PALETTE.len()];
+                let series = &series[overlay.series];
                 let span = (overlay.start, overlay.end);
-                draw_bar(&mut chart, &scale, span, y, colour, OVERLAY_LANE)?;
+                draw_bar(&mut chart, &scale, span, y, series.colour, OVERLAY_LANE)?;
             }
             if let Some(marker) = row.marker {
                 chart.draw_series(std::iter::once(
@@ -248,7 +266,7 @@ pub fn interval_bars(id: &str, rows: &[BarRow], axis: &Axis) -> Result<String, P
     let height = 130 + ROW_HEIGHT * rows.len() as u32;
     let labels: Vec<String> = rows.iter().map(|row| row.label.clone()).collect();
     draw(id, height, |root| {
-        let mut chart = row_chart(root, &labels, &scale)?;
+        let mut chart = row_chart(root, &labels, &scale, axis)?;
         configure_mesh(&mut chart, &labels, axis, &scale)?;
         let count = rows.len();
         let base = if scale.log { scale.low } else { 0.0 };
@@ -279,7 +297,7 @@ pub fn distributions(id: &str, rows: &[DistributionRow], axis: &Axis) -> Result<
     let labels: Vec<String> = rows.iter().map(|row| row.label.clone()).collect();
     draw(id, height, |root| {
         let count = rows.len();
-        let mut chart = row_chart(root, &labels, &scale)?;
+        let mut chart = row_chart(root, &labels, &scale, axis)?;
         configure_mesh(&mut chart, &labels, axis, &scale)?;
         for (index, row) in rows.iter().enumerate() {
             draw_distribution_row(&mut chart, &scale, row, count - 1 - index)?;
@@ -337,8 +355,9 @@ fn row_chart<'a>(
     area: &Root<'a>,
     labels: &[String],
     scale: &Scale,
+    axis: &Axis,
 ) -> Result<RowChart<'a>, DrawError> {
-    let ticks = scale.ticks();
+    let ticks = scale.ticks(max_tick_labels(scale, axis, labels));
     let x = TickedCoord {
         positions: scale.range().into(),
         major: ticks.major,
@@ -352,11 +371,27 @@ fn row_chart<'a>(
     };
     ChartBuilder::on(area)
         .margin_top(20)
-        .margin_right(70)
-        .margin_left(10)
+        .margin_right(MARGIN_RIGHT)
+        .margin_left(MARGIN_LEFT)
         .x_label_area_size(90)
         .y_label_area_size(label_area_width(labels))
         .build_cartesian_2d(x, y)
+}
+
+/// Most tick labels that fit side by side under the axis, each as wide as the widest of the
+/// candidate labels plus a gap. Widths are estimated from the character count, as plotters
+/// does for SVG text.
+fn max_tick_labels(scale: &Scale, axis: &Axis, row_labels: &[String]) -> usize {
+    let plot_width = WIDTH - MARGIN_LEFT - MARGIN_RIGHT - label_area_width(row_labels);
+    let candidates = scale.ticks(usize::MAX);
+    let widest = candidates
+        .major
+        .iter()
+        .map(|position| (axis.format)(scale.value(*position)).chars().count() as u32)
+        .max()
+        .unwrap_or(4);
+    let label_width = widest * LABEL_SIZE * 6 / 10 + 24;
+    (plot_width / label_width) as usize
 }
 
 /// Vertical position of the centre of row `y`, counted from the bottom.
@@ -394,6 +429,56 @@ fn configure_mesh(
         .light_line_style(RGBColor(0xE4, 0xE4, 0xE4))
         .bold_line_style(RGBColor(0xB8, 0xB8, 0xB8))
         .draw()
+}
+
+/// Writes the series name inside a segment when the segment is wide enough for it, in black or
+/// white, whichever contrasts more with the fill.
+fn draw_segment_label(
+    chart: &mut RowChart<'_>,
+    scale: &Scale,
+    span: (f64, f64),
+    y: usize,
+    lane: Lane,
+    series: &Series,
+) -> Result<(), DrawError> {
+    let (start, end) = (scale.position(span.0), scale.position(span.1));
+    let pixels = |position: f64| chart.backend_coord(&(position, row_centre(y))).0;
+    let width = pixels(end) - pixels(start);
+    let size = SEGMENT_LABEL_SIZE;
+    let text_width = (series.name.chars().count() as u32 * size * 6 / 10) as i32;
+    if width < text_width + 16 {
+        return Ok(());
+    }
+    let ink = if relative_luminance(series.colour) > 0.18 {
+        INK
+    } else {
+        WHITE
+    };
+    // Centre the text in the segment's lane, which sits off the row's centre when the row
+    // has overlays under it.
+    let lane_offset = (lane.0 as i32 - lane.1 as i32) / 2;
+    let style = (FONT, size)
+        .into_font()
+        .color(&ink)
+        .pos(Pos::new(HPos::Center, VPos::Center));
+    chart.draw_series(std::iter::once(
+        EmptyElement::at(((start + end) / 2.0, row_centre(y)))
+            + Text::new(series.name.clone(), (0, lane_offset), style),
+    ))?;
+    Ok(())
+}
+
+/// WCAG 2 relative luminance of a colour, from 0 (black) to 1 (white).
+fn relative_luminance(colour: RGBColor) -> f64 {
+    let channel = |value: u8| {
+        let value = f64::from(value) / 255.0;
+        if value <= 0.039_28 {
+            value / 12.92
+        } else {
+            ((value + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    0.2126 * channel(colour.0) + 0.7152 * channel(colour.1) + 0.0722 * channel(colour.2)
 }
 
 /// Draws a filled bar over `span` (values, not positions) with a dark outline.
@@ -475,15 +560,16 @@ fn draw_distribution_row(
     Ok(())
 }
 
-fn draw_legend(area: &Root<'_>, series: &[String]) -> Result<(), DrawError> {
+fn draw_legend(area: &Root<'_>, series: &[Series]) -> Result<(), DrawError> {
     let (width, _) = area.dim_in_pixel();
     let column_width = (width as i32 - 40) / LEGEND_COLUMNS as i32;
-    for (index, name) in series.iter().enumerate() {
+    for (index, entry) in series.iter().enumerate() {
         let column = (index % LEGEND_COLUMNS) as i32;
         let row = (index / LEGEND_COLUMNS) as i32;
         let x = 20 + column * column_width;
         let y = 10 + row * LEGEND_ROW_HEIGHT as i32;
-        let colour = PALETTE[index % PALETTE.len()];
+        let colour = entry.colour;
+        let name = &entry.name;
         area.draw(&Rectangle::new([(x, y), (x + 28, y + 28)], colour.filled()))?;
         area.draw(&Rectangle::new(
             [(x, y), (x + 28, y + 28)],
@@ -526,6 +612,41 @@ mod tests {
             .collect()
     }
 
+    fn series(names: &[&str]) -> Vec<Series> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| Series {
+                name: (*name).into(),
+                colour: PALETTE[index],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn wide_segment_shows_its_name() {
+        let rows = vec![StackedRow {
+            label: "process".into(),
+            segments: vec![Segment {
+                series: 0,
+                value: 1.0,
+            }],
+            overlays: Vec::new(),
+            marker: None,
+        }];
+        let svg = stacked_bars("phases", &rows, &series(&["kernel_ready"]), &axis(false)).unwrap();
+        // Once in the legend, once inside the segment.
+        let count = texts(&svg).iter().filter(|t| *t == "kernel_ready").count();
+        assert_eq!(count, 2);
+    }
+
+    #[test]
+    fn luminance_picks_label_ink() {
+        assert!(relative_luminance(WHITE) > 0.99);
+        assert!(relative_luminance(BLACK) < 0.01);
+        assert!(relative_luminance(PALETTE[0]) < 0.18);
+    }
+
     fn axis(log: bool) -> Axis {
         Axis {
             title: "time (s)".into(),
@@ -554,7 +675,7 @@ mod tests {
         let svg = stacked_bars(
             "phases",
             &rows,
-            &["create".into(), "kernel_ready".into()],
+            &series(&["create", "kernel_ready"]),
             &axis(false),
         )
         .unwrap();
@@ -612,7 +733,7 @@ mod tests {
             }],
             marker: None,
         }];
-        let series = ["start".into(), "kernel_ready".into(), "start_call".into()];
+        let series = series(&["start", "kernel_ready", "start_call"]);
         let svg = stacked_bars("phases", &rows, &series, &axis(false)).unwrap();
         assert!(svg.contains("start_call"));
         // Segments and the overlay are each a fill plus an outline.

@@ -6,12 +6,8 @@
 //! [`Scale::position`] and label each tick with the value it stands for, so a log axis needs no
 //! second chart type.
 
-/// Ticks on a log axis that spans at most this many decades: 1, 2 and 5 times each power of
-/// ten. Wider axes tick at the powers of ten only.
-const DENSE_LOG_DECADES: f64 = 3.0;
-
 /// Largest number of labelled ticks on a linear axis.
-const MAX_LINEAR_TICKS: f64 = 7.0;
+pub const MAX_LINEAR_TICKS: usize = 7;
 
 /// Horizontal scale of one chart, over `low..high` in the data's own unit.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,13 +72,16 @@ impl Scale {
         }
     }
 
-    /// Value at a position along the axis, the inverse of [`Scale::position`].
+    /// Value at a position along the axis, the inverse of [`Scale::position`]. Log values are
+    /// rounded to 12 significant digits, so a tick at 2 reads 2 and not 2.0000000000000004.
     pub fn value(&self, position: f64) -> f64 {
-        if self.log {
-            10f64.powf(position)
-        } else {
-            position
+        if !self.log {
+            return position;
         }
+        let value = 10f64.powf(position);
+        // Printing with 12 significant digits and parsing back gives the double nearest to
+        // the rounded decimal, which is exact for the 1, 2 and 5 ticks.
+        format!("{value:.11e}").parse().unwrap_or(value)
     }
 
     /// Positions of the axis start and end.
@@ -90,20 +89,32 @@ impl Scale {
         self.position(self.low)..self.position(self.high)
     }
 
-    /// Chooses the tick positions.
-    pub fn ticks(&self) -> Ticks {
+    /// Chooses the tick positions, with at most `max_labels` labelled ones (at least two), so
+    /// that the labels fit side by side under the axis.
+    pub fn ticks(&self, max_labels: usize) -> Ticks {
+        let max_labels = max_labels.max(2);
         if self.log {
-            self.log_ticks()
+            self.log_ticks(max_labels)
         } else {
-            self.linear_ticks()
+            self.linear_ticks(max_labels)
         }
     }
 
-    fn linear_ticks(&self) -> Ticks {
-        let step = nice_step((self.high - self.low) / MAX_LINEAR_TICKS);
+    fn linear_ticks(&self, max_labels: usize) -> Ticks {
+        let intervals = max_labels.min(MAX_LINEAR_TICKS) - 1;
+        let step = nice_step((self.high - self.low) / intervals.max(1) as f64);
         let first = (self.low / step).ceil() as i64;
         let last = (self.high / step + 1e-9).floor() as i64;
-        let major: Vec<f64> = (first..=last).map(|index| index as f64 * step).collect();
+        let mut major: Vec<f64> = (first..=last).map(|index| index as f64 * step).collect();
+        // A negative axis start that no multiple of the step reaches gets a tick of its own,
+        // so the negative side is labelled.
+        if self.low < 0.0
+            && major
+                .first()
+                .is_some_and(|tick| *tick - self.low >= step / 2.0)
+        {
+            major.insert(0, self.low);
+        }
         let minor = major
             .iter()
             .map(|tick| tick + step / 2.0)
@@ -112,24 +123,28 @@ impl Scale {
         Ticks { major, minor }
     }
 
-    fn log_ticks(&self) -> Ticks {
+    /// Labels 1, 2 and 5 times each power of ten where they fit, else the powers of ten, else
+    /// every second or further power of ten. The other mantissas get grid lines only.
+    fn log_ticks(&self, max_labels: usize) -> Ticks {
         let first = self.low.log10().round() as i32;
         let last = self.high.log10().round() as i32;
-        let labelled: &[f64] = if f64::from(last - first) <= DENSE_LOG_DECADES {
-            &[1.0, 2.0, 5.0]
+        let decades = (last - first) as usize;
+        let (labelled, decade_step): (&[f64], usize) = if 3 * decades < max_labels {
+            (&[1.0, 2.0, 5.0], 1)
         } else {
-            &[1.0]
+            (&[1.0], decades.div_ceil(max_labels - 1).max(1))
         };
         let mut major = Vec::new();
         let mut minor = Vec::new();
         for exponent in first..=last {
+            let labelled_decade = (exponent - first) as usize % decade_step == 0;
             for mantissa in 1..10 {
                 let mantissa = f64::from(mantissa);
                 let position = f64::from(exponent) + mantissa.log10();
                 if position > f64::from(last) + 1e-9 {
                     break;
                 }
-                if labelled.contains(&mantissa) {
+                if labelled_decade && labelled.contains(&mantissa) {
                     major.push(position);
                 } else {
                     minor.push(position);
@@ -197,18 +212,18 @@ mod tests {
     #[test]
     fn linear_ticks_cover_axis() {
         let scale = Scale::linear(0.0, 0.95);
-        let ticks = scale.ticks();
+        let ticks = scale.ticks(10);
         assert_eq!(scale.high, 1.0);
         assert_eq!(ticks.major.first().copied(), Some(0.0));
         assert!(close(*ticks.major.last().unwrap(), 1.0));
-        assert!(ticks.major.len() <= MAX_LINEAR_TICKS as usize + 1);
+        assert!(ticks.major.len() <= MAX_LINEAR_TICKS + 1);
     }
 
     #[test]
     fn linear_ticks_include_negative_side() {
         let scale = Scale::linear(-5.0, 20.0);
         assert!(scale.low < 0.0);
-        assert!(scale.ticks().major.iter().any(|tick| *tick < 0.0));
+        assert!(scale.ticks(7).major.iter().any(|tick| *tick < 0.0));
     }
 
     #[test]
@@ -218,6 +233,13 @@ mod tests {
         assert!(close(scale.high, 100_000.0));
         assert!(close(scale.position(1_000.0), 3.0));
         assert!(close(scale.value(scale.position(42.0)), 42.0));
+    }
+
+    #[test]
+    fn log_value_reads_round() {
+        let scale = Scale::log(1.0, 10.0);
+        assert_eq!(scale.value(2f64.log10()), 2.0);
+        assert_eq!(scale.value(5f64.log10() - 3.0), 0.005);
     }
 
     #[test]
@@ -231,7 +253,7 @@ mod tests {
     fn narrow_log_axis_ticks_one_two_five() {
         let scale = Scale::log(0.002, 0.09);
         let labels: Vec<f64> = scale
-            .ticks()
+            .ticks(8)
             .major
             .iter()
             .map(|p| scale.value(*p))
@@ -246,8 +268,27 @@ mod tests {
     #[test]
     fn wide_log_axis_ticks_decades() {
         let scale = Scale::log(0.5, 20_000.0);
-        let ticks = scale.ticks();
+        let ticks = scale.ticks(8);
         assert_eq!(ticks.major.len(), 7);
         assert!(ticks.minor.len() > ticks.major.len());
+    }
+
+    #[test]
+    fn crowded_log_axis_skips_decades() {
+        let scale = Scale::log(0.5, 20_000.0);
+        let ticks = scale.ticks(4);
+        let labels: Vec<f64> = ticks.major.iter().map(|p| scale.value(*p)).collect();
+        let expected = [0.1, 10.0, 1_000.0, 100_000.0];
+        assert_eq!(labels.len(), expected.len(), "{labels:?}");
+        for (label, expected) in labels.iter().zip(expected) {
+            assert!(close(*label, expected), "{label} != {expected}");
+        }
+    }
+
+    #[test]
+    fn narrow_linear_axis_has_fewer_labels() {
+        let scale = Scale::linear(0.0, 2.4);
+        assert!(scale.ticks(3).major.len() <= 4);
+        assert!(scale.ticks(7).major.len() > scale.ticks(3).major.len());
     }
 }
