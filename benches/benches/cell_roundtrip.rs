@@ -1,12 +1,20 @@
-//! Round trip of the trivial cell (`1 + 1`) with isobench's Jupyter client, next to Python's
-//! `jupyter_client` from the guest image, both against the same ipykernel in the same run.
+//! Round trip of the default suite's trivial cell (`1 + 1`) through isobench's Jupyter client
+//! on every backend this host offers, and next to Python's `jupyter_client` from the guest
+//! image on the `process` backend's kernel.
 //!
-//! One kernel is launched with the `process` backend. A round trip is `execute_request` sent
-//! until both `execute_reply` and the IOPub `idle` with that parent arrived, for both clients.
-//! Besides criterion's own measurement of each client, the two are run in interleaved blocks
-//! (A B A B ...) and the p50 and p99 of each are printed with the git revision, date and host,
-//! because criterion measures one benchmark after the other. The target is a p50 of our client
-//! at most half of `jupyter_client`'s.
+//! Each backend's kernel is launched and connected as a trial does it. A round trip is the
+//! harness's per-cell figure: `execute_request` sent until both `execute_reply` and the IOPub
+//! `idle` with that parent arrived (`ExecuteOutcome::wall`), every answer checked. As in the
+//! suite, 10 round trips warm up and 200 are measured, one per criterion sample, so
+//! criterion's median is the median over round trips, like the harness's per-trial median of
+//! the `trivial` cell. The `Unable to complete 200 samples` warning that criterion prints is
+//! expected (see `one_iteration_per_sample`). Unlike a trial, all 200 run in one kernel.
+//!
+//! On the `process` kernel the two clients are then run in interleaved blocks (A B A B ...),
+//! and the p50 and p99 of each are printed with the git revision, date and host, because
+//! criterion measures one benchmark after the other. There both sides time the whole call,
+//! message building included. The target is a p50 of our client at most half of
+//! `jupyter_client`'s.
 //!
 //! NOTE: the kernel's own time bounds the ratio from below. On a loaded 2-core AMD EPYC host,
 //! ipykernel 6.17 stamped the `execute_reply` about 2.0 ms and the `idle` status about 2.3 ms
@@ -18,19 +26,23 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use isobench_harness::backend::process::ProcessBackend;
-use isobench_harness::backend::{Backend, GuestImagePaths, Instance, JupyterPorts, LaunchSpec};
-use isobench_harness::image;
-use isobench_workload::{ChannelPorts, ConnectionInfo, KernelClient};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use isobench_benches::{
+    available_backends, finish_backends, guest_rootfs, one_iteration_per_sample, runtime,
+    trial_settings, LaunchedKernel,
+};
+use isobench_harness::backend::{Backend, BackendKind};
+use isobench_workload::{Cell, ConnectionInfo, KernelClient, Suite};
 
-/// The trivial cell of the default suite.
-const CODE: &str = "1 + 1";
+/// Name of the default suite's cell that this benchmark runs.
+const TRIVIAL_CELL: &str = "trivial";
 
-/// Time allowed for one round trip.
-const CELL_TIMEOUT: Duration = Duration::from_secs(20);
+/// No round trip is faster than this, so each criterion sample stays one round trip.
+const SHORTEST_ROUND_TRIP: Duration = Duration::from_micros(100);
 
 /// Interleaved blocks per client and round trips per block. Blocks are short so that both
 /// clients see the same load on a busy host. The first round trips of each block are dropped,
@@ -96,12 +108,12 @@ struct PythonClient {
 
 impl PythonClient {
     /// Starts `python3` from the guest image's tree under `chroot`, connected to the kernel.
-    fn start(tree: &std::path::Path, info: &ConnectionInfo) -> PythonClient {
+    fn start(tree: &std::path::Path, info: &ConnectionInfo, code: &str) -> PythonClient {
         let mut child = Command::new("/usr/sbin/chroot")
             .arg(tree)
             .args(["/usr/bin/python3", "-B", "-c", PYTHON_CLIENT])
             .arg(info.to_json())
-            .arg(CODE)
+            .arg(code)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", "/tmp")
@@ -148,57 +160,31 @@ impl Drop for PythonClient {
     }
 }
 
-fn rootfs_image() -> Result<GuestImagePaths, String> {
-    image::locate_rootfs().map_err(|error| error.to_string())
+/// Timings of one checked run of the cell.
+struct RoundTrip {
+    /// The harness's figure: request sent until both the reply and the `idle` status arrived.
+    wall: Duration,
+    /// The whole `execute` call, message building included, as the Python side times
+    /// `client.execute` and the reads that follow it.
+    call: Duration,
 }
 
-async fn launch(image: GuestImagePaths) -> (Box<dyn Instance>, KernelClient, ConnectionInfo) {
-    let ports = ChannelPorts::pick_free_loopback().unwrap();
-    let key = isobench_workload::connection::generate_key().unwrap();
-    let spec = LaunchSpec {
-        run_id: "bench-cell-roundtrip".into(),
-        trial: 0,
-        image,
-        key: key.clone(),
-        ports: JupyterPorts {
-            shell: ports.shell,
-            iopub: ports.iopub,
-            stdin: ports.stdin,
-            control: ports.control,
-            heartbeat: ports.heartbeat,
-        },
-        vcpus: 1,
-        memory_mib: 1024,
-        ready_deadline: Duration::from_secs(60),
-    };
-    let t0 = Instant::now();
-    let instance = ProcessBackend::new().launch(&spec, t0).await.unwrap();
-    let launched = instance.ports();
-    let info = ConnectionInfo {
-        ip: instance.address(),
-        ports: ChannelPorts {
-            shell: launched.shell,
-            iopub: launched.iopub,
-            stdin: launched.stdin,
-            control: launched.control,
-            heartbeat: launched.heartbeat,
-        },
-        key,
-    };
-    let deadline = t0 + spec.ready_deadline;
-    let mut client = KernelClient::connect(&info, deadline).await.unwrap();
-    client.wait_ready(deadline).await.unwrap();
-    (instance, client, info)
-}
-
-/// Times one whole `execute` call, message building included, as the Python side times
-/// `client.execute` and the reads that follow it.
-async fn round_trip(client: &mut KernelClient) -> Duration {
+/// Runs `cell` once and checks its answer as the suite does. Panics on a failed or wrong run,
+/// since criterion has no way to record a failed iteration.
+async fn round_trip(client: &mut KernelClient, cell: &Cell) -> RoundTrip {
     let start = Instant::now();
-    let outcome = client.execute(CODE, CELL_TIMEOUT).await.unwrap();
-    let elapsed = start.elapsed();
-    assert_eq!(outcome.answer(), "2", "the trivial cell's answer");
-    elapsed
+    let outcome = client
+        .execute(&cell.code, cell.timeout())
+        .await
+        .unwrap_or_else(|error| panic!("cell {:?} failed: {error}", cell.name));
+    let call = start.elapsed();
+    if let Err(detail) = cell.check(outcome.answer(), outcome.stdout.len() as u64) {
+        panic!("cell {:?} returned a wrong answer: {detail}", cell.name);
+    }
+    RoundTrip {
+        wall: outcome.wall(),
+        call,
+    }
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -241,27 +227,44 @@ fn provenance() -> String {
     format!("revision {revision}, {date}, {cpu}, {cores} cores")
 }
 
-fn cell_roundtrip(criterion: &mut Criterion) {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("cell_roundtrip: skipped, the process backend needs root");
-        return;
-    }
-    let image = match rootfs_image() {
-        Ok(image) => image,
-        Err(reason) => {
-            eprintln!("cell_roundtrip: skipped, {reason}");
-            return;
+/// Measures the cell through our client on `kernel`, the harness's figure.
+fn bench_isobench_client(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    backend: &str,
+    kernel: &mut LaunchedKernel,
+    cell: &Cell,
+) {
+    // Criterion's single warm-up iteration is the last of the suite's warm-up runs.
+    runtime.block_on(async {
+        for _ in 1..cell.warmup {
+            round_trip(&mut kernel.client, cell).await;
         }
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (instance, mut client, info) = runtime.block_on(launch(image.clone()));
-    let mut python = PythonClient::start(&image.rootfs_tree, &info);
+    });
+    group.bench_function(format!("isobench_client/{backend}"), |bencher| {
+        bencher.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    total += round_trip(&mut kernel.client, cell).await.wall;
+                }
+                total
+            })
+        })
+    });
+}
 
-    // Interleaved blocks: the headline comparison.
+/// Compares our client with `jupyter_client` on the same kernel: interleaved blocks, then
+/// criterion's measurement of `jupyter_client` alone.
+fn compare_with_jupyter_client(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    tree: &std::path::Path,
+    kernel: &mut LaunchedKernel,
+    cell: &Cell,
+) {
+    let mut python = PythonClient::start(tree, &kernel.info, &cell.code);
+
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     let mut block_ratios = Vec::new();
@@ -269,7 +272,7 @@ fn cell_roundtrip(criterion: &mut Criterion) {
         let block: Vec<Duration> = runtime.block_on(async {
             let mut block = Vec::with_capacity(BLOCK_ROUND_TRIPS);
             for _ in 0..BLOCK_ROUND_TRIPS {
-                block.push(round_trip(&mut client).await);
+                block.push(round_trip(&mut kernel.client, cell).await.call);
             }
             block
         });
@@ -305,31 +308,54 @@ fn cell_roundtrip(criterion: &mut Criterion) {
         block_ratios.len()
     );
 
-    let mut group = criterion.benchmark_group("cell_roundtrip");
-    group.sample_size(30);
-    group.measurement_time(Duration::from_secs(5));
-    group.bench_function("isobench_client", |bencher| {
-        bencher.iter_custom(|iterations| {
-            runtime.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iterations {
-                    total += round_trip(&mut client).await;
-                }
-                total
-            })
-        })
-    });
     python.drain();
-    group.bench_function("jupyter_client", |bencher| {
+    group.bench_function("jupyter_client/process", |bencher| {
         bencher.iter_custom(|iterations| python.round_trips(iterations as usize).iter().sum())
     });
+}
+
+fn cell_roundtrip(criterion: &mut Criterion) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("cell_roundtrip: skipped, the process backend needs root");
+        return;
+    }
+    let Some(image) = guest_rootfs() else { return };
+    let suite = Suite::default_suite();
+    let cell = suite
+        .cell(TRIVIAL_CELL)
+        .expect("the default suite has the trivial cell")
+        .clone();
+    let runtime = runtime();
+    let backends: Vec<Arc<dyn Backend>> = runtime.block_on(available_backends(&image));
+    let settings = trial_settings(&image);
+
+    let mut group = criterion.benchmark_group("cell_roundtrip");
+    one_iteration_per_sample(&mut group, cell.repetitions as usize, SHORTEST_ROUND_TRIP);
+    for backend in &backends {
+        let name = backend.name();
+        let mut kernel = match runtime.block_on(LaunchedKernel::launch(backend, &settings)) {
+            Ok(kernel) => kernel,
+            Err(error) => {
+                eprintln!("cell_roundtrip: skipping {name}: {error}");
+                continue;
+            }
+        };
+        bench_isobench_client(&mut group, &runtime, &name, &mut kernel, &cell);
+        if backend.kind() == BackendKind::Process {
+            compare_with_jupyter_client(
+                &mut group,
+                &runtime,
+                &image.rootfs_tree,
+                &mut kernel,
+                &cell,
+            );
+        }
+        runtime.block_on(kernel.stop());
+    }
     group.finish();
 
-    drop(python);
-    runtime.block_on(async {
-        let _ = client.shutdown().await;
-        let _ = instance.stop().await;
-    });
+    finish_backends(&runtime, &backends);
 }
 
 criterion_group!(benches, cell_roundtrip);

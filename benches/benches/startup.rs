@@ -1,33 +1,39 @@
 //! Launch-to-ready time per backend: `t0` (just before the launch request) to a ready Jupyter
 //! kernel, measured by the harness's own trial loop, so the figures are comparable with the
-//! medians of `isobench compare`.
+//! `launch_to_ready` medians of `isobench compare`.
 //!
-//! One iteration is a whole trial (launch, ready, one trivial cell, shutdown, stop), of which
-//! only launch-to-ready is counted. Sampling is flat with few samples because one iteration
-//! takes about a second.
+//! One iteration is a whole trial as `isobench compare` runs it with its default flags
+//! (launch, ready, 500 ms pause, memory sample, the default suite, memory sample, shutdown,
+//! stop), of which only launch-to-ready is counted. Each backend gets one warm-up trial and 10
+//! measured trials, one per criterion sample, so criterion's median is the median over trials,
+//! like the harness's. The `Unable to complete 10 samples` warning that criterion prints is
+//! expected (see `one_iteration_per_sample`).
+//!
+//! One difference remains: criterion runs all trials of one backend before the next backend,
+//! while `isobench compare` interleaves the backends trial by trial.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
+use criterion::{criterion_group, criterion_main, Criterion};
 use isobench_benches::{
-    available_backends, guest_image, launch_to_ready, ready_only_workload, runtime, trial_settings,
+    available_backends, compare_workload, finish_backends, guest_rootfs, launch_to_ready,
+    one_iteration_per_sample, runtime, trial_settings, COMPARE_TRIALS,
 };
 
+/// No backend becomes ready faster than this, so each criterion sample stays one trial.
+const SHORTEST_TRIAL: Duration = Duration::from_millis(10);
+
 fn startup(criterion: &mut Criterion) {
-    let Some(image) = guest_image() else { return };
+    let Some(image) = guest_rootfs() else { return };
     let runtime = runtime();
     let backends = runtime.block_on(available_backends(&image));
     let settings = trial_settings(&image);
-    let workload = ready_only_workload();
+    let workload = compare_workload();
     let sequence = AtomicU32::new(0);
 
     let mut group = criterion.benchmark_group("launch_to_ready");
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(10));
+    one_iteration_per_sample(&mut group, COMPARE_TRIALS, SHORTEST_TRIAL);
     for backend in &backends {
         group.bench_function(backend.name(), |bencher| {
             bencher.iter_custom(|iterations| {
@@ -44,12 +50,7 @@ fn startup(criterion: &mut Criterion) {
     }
     group.finish();
 
-    // Remove what the backends kept across trials, such as the docker network.
-    for backend in &backends {
-        if let Err(error) = runtime.block_on(backend.finish()) {
-            eprintln!("cleanup of {} failed: {error}", backend.name());
-        }
-    }
+    finish_backends(&runtime, &backends);
 }
 
 criterion_group!(benches, startup);
