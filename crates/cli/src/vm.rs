@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use isobench_harness::backend::microvm::{GuestKernel, MicrovmBackend};
-use isobench_harness::backend::{Backend, BackendKind, JupyterPorts, LaunchSpec, PhaseMark};
+use isobench_harness::backend::{Backend, BackendKind, ChannelPorts, LaunchSpec, PhaseMark};
 use isobench_harness::host::{KvmFlavour, KvmInfo};
 use isobench_harness::image;
 use isobench_harness::phases::phase_name;
 use isobench_vmm::emulated::{default_cache_dir, EmulatedHost, EmulatedRun, ProgramArg};
 use isobench_workload::connection::generate_key;
-use isobench_workload::{ChannelPorts, ConnectionInfo, KernelClient};
+use isobench_workload::{ConnectionInfo, KernelClient};
 
 /// Subcommands of `isobench vm`.
 #[derive(clap::Subcommand)]
@@ -104,7 +104,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         trial: 0,
         image,
         key: generate_key()?,
-        ports: JupyterPorts::GUEST_DEFAULT,
+        ports: ChannelPorts::GUEST_DEFAULT,
         vcpus: args.vcpus,
         memory_mib: args.memory,
         ready_deadline: Duration::from_secs_f64(args.ready_deadline),
@@ -123,13 +123,7 @@ async fn boot_and_wait(backend: &MicrovmBackend, spec: &LaunchSpec) -> anyhow::R
     let mut instance = backend.launch(spec, t0).await?;
     let info = ConnectionInfo {
         ip: instance.address(),
-        ports: ChannelPorts {
-            shell: spec.ports.shell,
-            iopub: spec.ports.iopub,
-            stdin: spec.ports.stdin,
-            control: spec.ports.control,
-            heartbeat: spec.ports.heartbeat,
-        },
+        ports: spec.ports,
         key: spec.key.clone(),
     };
     out!(

@@ -3,9 +3,7 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use isobench_workload::{
-    ChannelPorts, ConnectionInfo, KernelClient, MeminfoTotals, Metric, Suite, MEMINFO_CELL,
-};
+use isobench_workload::{ConnectionInfo, KernelClient, MeminfoTotals, Metric, Suite, MEMINFO_CELL};
 
 use crate::backend::GuestMeminfo;
 use crate::results::{CellMetric, CellRecord};
@@ -51,13 +49,7 @@ impl Workload for JupyterWorkload {
     ) -> Result<Box<dyn KernelSession>, WorkloadError> {
         let info = ConnectionInfo {
             ip: target.address,
-            ports: ChannelPorts {
-                shell: target.ports.shell,
-                iopub: target.ports.iopub,
-                stdin: target.ports.stdin,
-                control: target.ports.control,
-                heartbeat: target.ports.heartbeat,
-            },
+            ports: target.ports,
             key: target.key.clone(),
         };
         let not_ready =

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::backend::{
-    Backend, BackendError, BackendKind, ExitInfo, GuestImagePaths, GuestMeminfo, Instance,
-    JupyterPorts, LaunchSpec, MemorySample, PhaseMark,
+    Backend, BackendError, BackendKind, ChannelPorts, ExitInfo, GuestImagePaths, GuestMeminfo,
+    Instance, LaunchSpec, MemorySample, PhaseMark,
 };
 use crate::cancel::{self, Canceller};
 use crate::results::{
@@ -89,7 +89,7 @@ impl Backend for ScriptedBackend {
 
 struct ScriptedInstance {
     script: Script,
-    ports: JupyterPorts,
+    ports: ChannelPorts,
     marks: Vec<PhaseMark>,
     ledger: Arc<Ledger>,
 }
@@ -100,7 +100,7 @@ impl Instance for ScriptedInstance {
         Ipv4Addr::LOCALHOST
     }
 
-    fn ports(&self) -> JupyterPorts {
+    fn ports(&self) -> ChannelPorts {
         self.ports
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::time::sleep_until;
 
 use crate::backend::{
-    Backend, BackendKind, ExitInfo, GuestImagePaths, GuestMeminfo, Instance, JupyterPorts,
+    Backend, BackendKind, ChannelPorts, ExitInfo, GuestImagePaths, GuestMeminfo, Instance,
     LaunchSpec, MemorySample,
 };
 use crate::cancel::Cancel;
@@ -412,24 +412,17 @@ async fn guard_step<T>(
 
 /// Picks the key and the ports: fixed guest ports behind their own network namespace, fresh
 /// free loopback ports for the `process` baseline, which shares the host's.
-fn connection_parameters(kind: BackendKind) -> Result<(String, JupyterPorts), String> {
+fn connection_parameters(kind: BackendKind) -> Result<(String, ChannelPorts), String> {
     let key = isobench_workload::connection::generate_key()
         .map_err(|error| format!("failed to generate the signing key: {error}"))?;
     let ports = match kind {
         BackendKind::Process => {
             // Free a moment ago: another program can take one before the Jupyter kernel binds
             // it, and the process backend then retries on new ports.
-            let free = isobench_workload::ChannelPorts::pick_free_loopback()
-                .map_err(|error| format!("failed to find free loopback ports: {error}"))?;
-            JupyterPorts {
-                shell: free.shell,
-                iopub: free.iopub,
-                stdin: free.stdin,
-                control: free.control,
-                heartbeat: free.heartbeat,
-            }
+            ChannelPorts::pick_free_loopback()
+                .map_err(|error| format!("failed to find free loopback ports: {error}"))?
         }
-        BackendKind::Microvm | BackendKind::Docker => JupyterPorts::GUEST_DEFAULT,
+        BackendKind::Microvm | BackendKind::Docker => ChannelPorts::GUEST_DEFAULT,
     };
     Ok((key, ports))
 }

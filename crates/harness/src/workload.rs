@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use crate::backend::{GuestMeminfo, JupyterPorts};
+use crate::backend::{ChannelPorts, GuestMeminfo};
 use crate::results::CellRecord;
 
 /// Failure of a Jupyter step.
@@ -37,7 +37,7 @@ pub struct KernelTarget {
     /// Address reached from the host.
     pub address: Ipv4Addr,
     /// Channel ports at that address.
-    pub ports: JupyterPorts,
+    pub ports: ChannelPorts,
     /// HMAC-SHA256 key, hex.
     pub key: String,
 }

@@ -8,9 +8,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use isobench_harness::backend::process::ProcessBackend;
-use isobench_harness::backend::{
-    Backend, BackendError, GuestImagePaths, Instance, JupyterPorts, LaunchSpec,
-};
+use isobench_harness::backend::{Backend, BackendError, GuestImagePaths, Instance, LaunchSpec};
 use isobench_harness::image::{ArtifactSet, Cache, RecipeHashes};
 use isobench_workload::{
     ChannelPorts, ClientError, ConnectionInfo, ExecuteStatus, Expected, KernelClient, Suite,
@@ -43,21 +41,11 @@ fn image() -> GuestImagePaths {
     }
 }
 
-fn free_ports() -> JupyterPorts {
-    to_jupyter_ports(ChannelPorts::pick_free_loopback().expect("free loopback ports"))
+fn free_ports() -> ChannelPorts {
+    ChannelPorts::pick_free_loopback().expect("free loopback ports")
 }
 
-fn to_jupyter_ports(ports: ChannelPorts) -> JupyterPorts {
-    JupyterPorts {
-        shell: ports.shell,
-        iopub: ports.iopub,
-        stdin: ports.stdin,
-        control: ports.control,
-        heartbeat: ports.heartbeat,
-    }
-}
-
-fn spec(trial: u32, ports: JupyterPorts) -> LaunchSpec {
+fn spec(trial: u32, ports: ChannelPorts) -> LaunchSpec {
     LaunchSpec {
         run_id: "workload-test".into(),
         trial,
@@ -87,13 +75,7 @@ async fn start(spec: &LaunchSpec) -> Kernel {
     let ports = instance.ports();
     let info = ConnectionInfo {
         ip: instance.address(),
-        ports: ChannelPorts {
-            shell: ports.shell,
-            iopub: ports.iopub,
-            stdin: ports.stdin,
-            control: ports.control,
-            heartbeat: ports.heartbeat,
-        },
+        ports,
         key: spec.key.clone(),
     };
     let deadline = t0 + spec.ready_deadline;
@@ -280,7 +262,7 @@ async fn two_kernels_start_at_once() {
 async fn taken_port_is_retried() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
-    let ports = JupyterPorts {
+    let ports = ChannelPorts {
         shell: taken_port,
         ..free_ports()
     };
@@ -333,13 +315,7 @@ async fn wrong_key_never_ready() {
     let ports = instance.ports();
     let info = ConnectionInfo {
         ip: instance.address(),
-        ports: ChannelPorts {
-            shell: ports.shell,
-            iopub: ports.iopub,
-            stdin: ports.stdin,
-            control: ports.control,
-            heartbeat: ports.heartbeat,
-        },
+        ports,
         key: "0".repeat(64),
     };
     let deadline = t0 + READY_DEADLINE;

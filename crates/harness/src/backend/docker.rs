@@ -24,7 +24,7 @@ use isobench_container::{
 use tokio::sync::Mutex;
 
 use super::{
-    Backend, BackendError, BackendKind, ExitInfo, Instance, JupyterPorts, LaunchSpec, MemorySample,
+    Backend, BackendError, BackendKind, ChannelPorts, ExitInfo, Instance, LaunchSpec, MemorySample,
     PhaseMark,
 };
 
@@ -154,7 +154,7 @@ impl Backend for DockerBackend {
 struct DockerInstance {
     /// The container; `None` only while [`Instance::stop`] consumes it.
     container: Option<Container>,
-    ports: JupyterPorts,
+    ports: ChannelPorts,
 }
 
 impl DockerInstance {
@@ -171,7 +171,7 @@ impl Instance for DockerInstance {
         self.container().address()
     }
 
-    fn ports(&self) -> JupyterPorts {
+    fn ports(&self) -> ChannelPorts {
         self.ports
     }
 
@@ -306,7 +306,7 @@ mod tests {
             trial: 0,
             image,
             key: "00112233445566778899aabbccddeeff".to_owned(),
-            ports: JupyterPorts::GUEST_DEFAULT,
+            ports: ChannelPorts::GUEST_DEFAULT,
             vcpus: 1,
             memory_mib: 512,
             ready_deadline: Duration::from_secs(90),
@@ -314,16 +314,9 @@ mod tests {
 
         let t0 = Instant::now();
         let mut instance = backend.launch(&spec, t0).await.unwrap();
-        let ports = instance.ports();
         let info = ConnectionInfo {
             ip: instance.address(),
-            ports: ChannelPorts {
-                shell: ports.shell,
-                iopub: ports.iopub,
-                stdin: ports.stdin,
-                control: ports.control,
-                heartbeat: ports.heartbeat,
-            },
+            ports: instance.ports(),
             key: spec.key.clone(),
         };
         let deadline = t0 + spec.ready_deadline;

@@ -34,7 +34,7 @@ use tokio::process::Child;
 use tokio::task::JoinHandle;
 
 use super::{
-    Backend, BackendError, BackendKind, ExitInfo, Instance, JupyterPorts, LaunchSpec, MemorySample,
+    Backend, BackendError, BackendKind, ChannelPorts, ExitInfo, Instance, LaunchSpec, MemorySample,
     PhaseMark,
 };
 
@@ -150,7 +150,7 @@ impl MicrovmBackend {
 /// Kernel command-line arguments for the guest entrypoint: its path, the Jupyter kernel's bind
 /// address, key and ports. `quiet` keeps the boot log off the serial console, where every
 /// byte is a VM exit.
-pub fn guest_args(key: &str, ports: JupyterPorts, guest_ip: Ipv4Addr) -> Vec<String> {
+pub fn guest_args(key: &str, ports: ChannelPorts, guest_ip: Ipv4Addr) -> Vec<String> {
     vec![
         "quiet".into(),
         format!("init={ENTRYPOINT}"),
@@ -432,7 +432,7 @@ pub struct MicrovmInstance {
     // Field order matters: the VMM is killed before its trial folder is removed.
     vmm: VmmProcess,
     guest_ip: Ipv4Addr,
-    ports: JupyterPorts,
+    ports: ChannelPorts,
     dir: TrialDir,
 }
 
@@ -449,7 +449,7 @@ impl Instance for MicrovmInstance {
         self.guest_ip
     }
 
-    fn ports(&self) -> JupyterPorts {
+    fn ports(&self) -> ChannelPorts {
         self.ports
     }
 
@@ -606,7 +606,7 @@ mod tests {
     fn guest_args_carry_jupyter_parameters() {
         let args = guest_args(
             "00ff",
-            JupyterPorts::GUEST_DEFAULT,
+            ChannelPorts::GUEST_DEFAULT,
             Ipv4Addr::new(172, 30, 0, 2),
         );
         assert!(args.contains(&"init=/sbin/isobench-init".to_string()));

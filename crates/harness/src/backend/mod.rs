@@ -55,32 +55,9 @@ pub struct GuestImagePaths {
     pub docker_tag: String,
 }
 
-/// Ports of the five Jupyter channels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JupyterPorts {
-    /// Shell channel (ROUTER).
-    pub shell: u16,
-    /// IOPub channel (PUB).
-    pub iopub: u16,
-    /// Stdin channel (ROUTER).
-    pub stdin: u16,
-    /// Control channel (ROUTER).
-    pub control: u16,
-    /// Heartbeat channel (REP).
-    pub heartbeat: u16,
-}
-
-impl JupyterPorts {
-    /// Fixed ports used inside a guest or container, each of which has its own network
-    /// namespace; the guest entrypoint uses the same defaults.
-    pub const GUEST_DEFAULT: JupyterPorts = JupyterPorts {
-        shell: 50001,
-        iopub: 50002,
-        stdin: 50003,
-        control: 50004,
-        heartbeat: 50005,
-    };
-}
+/// Ports of the five Jupyter channels, the workload crate's type, so ports pass between the
+/// backends and the Jupyter client without conversion.
+pub use isobench_workload::ChannelPorts;
 
 /// Inputs a backend needs to launch one trial.
 #[derive(Debug, Clone)]
@@ -95,7 +72,7 @@ pub struct LaunchSpec {
     pub key: String,
     /// Ports the Jupyter kernel binds. Fixed inside a guest or container; free loopback ports
     /// chosen by the caller for the `process` baseline.
-    pub ports: JupyterPorts,
+    pub ports: ChannelPorts,
     /// Number of vCPUs (microVM) or CPU limit (container); the baseline ignores it.
     pub vcpus: u32,
     /// Memory limit in MiB: guest RAM for the microVM, cgroup limit for the container.
@@ -207,7 +184,7 @@ pub trait Instance: Send {
     fn address(&self) -> Ipv4Addr;
 
     /// Ports the Jupyter kernel listens on at [`Instance::address`].
-    fn ports(&self) -> JupyterPorts;
+    fn ports(&self) -> ChannelPorts;
 
     /// Phase marks received so far, in order of arrival.
     fn marks(&self) -> Vec<PhaseMark>;

@@ -31,13 +31,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use isobench_workload::{is_address_in_use, ChannelPorts};
+use isobench_workload::is_address_in_use;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use super::{
-    Backend, BackendError, BackendKind, ExitInfo, GuestMeminfo, Instance, JupyterPorts, LaunchSpec,
+    Backend, BackendError, BackendKind, ChannelPorts, ExitInfo, GuestMeminfo, Instance, LaunchSpec,
     MemorySample, PhaseMark,
 };
 use mounts::TrialRoot;
@@ -145,7 +145,7 @@ impl Backend for ProcessBackend {
             .map_err(|error| BackendError::Launch(error.to_string()))?;
         marks.push(mark("mounts_done"));
 
-        let mut ports = to_channel_ports(spec.ports);
+        let mut ports = spec.ports;
         for attempt in 1..=MAX_PORT_ATTEMPTS {
             let mut kernel = KernelProcess::spawn(root.root(), &spec.key, ports, marks.clone())?;
             match kernel.wait_listening(&ports, deadline).await {
@@ -211,8 +211,8 @@ impl Instance for ProcessInstance {
         Ipv4Addr::LOCALHOST
     }
 
-    fn ports(&self) -> JupyterPorts {
-        to_jupyter_ports(self.ports)
+    fn ports(&self) -> ChannelPorts {
+        self.ports
     }
 
     fn marks(&self) -> Vec<PhaseMark> {
@@ -496,26 +496,6 @@ fn sanitize(run_id: &str) -> String {
         .collect()
 }
 
-fn to_channel_ports(ports: JupyterPorts) -> ChannelPorts {
-    ChannelPorts {
-        shell: ports.shell,
-        iopub: ports.iopub,
-        stdin: ports.stdin,
-        control: ports.control,
-        heartbeat: ports.heartbeat,
-    }
-}
-
-fn to_jupyter_ports(ports: ChannelPorts) -> JupyterPorts {
-    JupyterPorts {
-        shell: ports.shell,
-        iopub: ports.iopub,
-        stdin: ports.stdin,
-        control: ports.control,
-        heartbeat: ports.heartbeat,
-    }
-}
-
 /// Removes trial directories under `work_dir` whose harness process is gone: kills the kernels
 /// whose root is inside one, unmounts what is mounted there and removes the directories.
 /// Processes are found by their root directory, which carries the trial prefix, never by name;
@@ -617,11 +597,5 @@ mod tests {
         assert_eq!(owner_pid("isobench-process-run-a-t3-1234-7"), Some(1234));
         assert_eq!(owner_pid("isobench-process-x"), None);
         assert_eq!(owner_pid("other-1234-7"), None);
-    }
-
-    #[test]
-    fn ports_convert_both_ways() {
-        let ports = JupyterPorts::GUEST_DEFAULT;
-        assert_eq!(to_jupyter_ports(to_channel_ports(ports)), ports);
     }
 }
