@@ -227,63 +227,62 @@ mod tests {
         assert!((total - 0.8).abs() < 1e-12);
     }
 
-    #[test]
-    fn docker_start_call_runs_alongside() {
-        // The entrypoint's markers arrive in one read before the start call returns, as they
-        // do with Debian's engine 20.10.
-        let events = events(&[
-            ("container_created", 0.015),
-            ("init_started", 0.283),
-            ("exec_kernel", 0.283),
-            ("container_started", 0.286),
-            ("first_status", 0.82),
-            ("ready", 0.821),
-        ]);
-        let phases = derive_phases(BackendKind::Docker, &events);
-        let names: Vec<&str> = phases.iter().map(|phase| phase.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "create",
-                "start",
-                "entrypoint",
-                "kernel_ready",
-                "start_call"
-            ]
-        );
-        let start_call = &phases[4];
-        assert!(start_call.concurrent);
-        assert_eq!(start_call.start_s, 0.015);
-        assert_eq!(start_call.end_s, 0.286);
-        assert!(phases[..4].iter().all(|phase| !phase.concurrent));
-        assert_eq!(phases[1].end_s, 0.283);
-        assert_eq!(phases[3].start_s, 0.283);
+    /// Phase names in order.
+    fn names(phases: &[PhaseRecord]) -> Vec<&str> {
+        phases.iter().map(|phase| phase.name.as_str()).collect()
     }
 
     #[test]
-    fn docker_start_call_before_markers() {
-        let events = events(&[
-            ("container_created", 0.23),
-            ("container_started", 0.67),
-            ("init_started", 0.68),
-            ("exec_kernel", 0.681),
-            ("ready", 1.07),
-        ]);
-        let phases = derive_phases(BackendKind::Docker, &events);
-        let names: Vec<&str> = phases.iter().map(|phase| phase.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "create",
-                "start",
-                "entrypoint",
-                "kernel_ready",
-                "start_call"
-            ]
-        );
-        assert_eq!(phases[1].start_s, 0.23);
-        assert_eq!(phases[1].end_s, 0.68);
-        assert_eq!(phases[4].end_s, 0.67);
+    fn docker_start_call_runs_alongside() {
+        // Each case: events, then the ends of `start` and of `start_call`. In the first the
+        // entrypoint's markers arrive in one read before the start call returns, as they do
+        // with Debian's engine 20.10; in the second the call returns first.
+        let cases = [
+            (
+                vec![
+                    ("container_created", 0.015),
+                    ("init_started", 0.283),
+                    ("exec_kernel", 0.283),
+                    ("container_started", 0.286),
+                    ("first_status", 0.82),
+                    ("ready", 0.821),
+                ],
+                0.283,
+                0.286,
+            ),
+            (
+                vec![
+                    ("container_created", 0.23),
+                    ("container_started", 0.67),
+                    ("init_started", 0.68),
+                    ("exec_kernel", 0.681),
+                    ("ready", 1.07),
+                ],
+                0.68,
+                0.67,
+            ),
+        ];
+        for (list, start_end, call_end) in cases {
+            let created = list[0].1;
+            let phases = derive_phases(BackendKind::Docker, &events(&list));
+            assert_eq!(
+                names(&phases),
+                [
+                    "create",
+                    "start",
+                    "entrypoint",
+                    "kernel_ready",
+                    "start_call"
+                ]
+            );
+            assert!(phases[..4].iter().all(|phase| !phase.concurrent));
+            assert_eq!(phases[1].start_s, created);
+            assert_eq!(phases[1].end_s, start_end);
+            let start_call = &phases[4];
+            assert!(start_call.concurrent);
+            assert_eq!(start_call.start_s, created);
+            assert_eq!(start_call.end_s, call_end);
+        }
     }
 
     #[test]
@@ -295,8 +294,10 @@ mod tests {
             ("ready", 0.5),
         ]);
         let phases = derive_phases(BackendKind::Docker, &events);
-        let names: Vec<&str> = phases.iter().map(|phase| phase.name.as_str()).collect();
-        assert_eq!(names, ["create", "start", "entrypoint", "kernel_ready"]);
+        assert_eq!(
+            names(&phases),
+            ["create", "start", "entrypoint", "kernel_ready"]
+        );
     }
 
     #[test]
