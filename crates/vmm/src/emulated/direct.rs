@@ -119,6 +119,19 @@ pub(super) fn run(run: &EmulatedRun) -> Result<EmulatedOutput, EmulatedError> {
                 })
             }
         }
+        if run.is_cancelled() {
+            drop(process);
+            let partial = EmulatedOutput {
+                exit_status: -1,
+                stdout: fs::read(&stdout_path).unwrap_or_default(),
+                stderr: fs::read(&stderr_path).unwrap_or_default(),
+                ..EmulatedOutput::default()
+            };
+            return Err(EmulatedError::Cancelled {
+                elapsed: start.elapsed(),
+                partial: Box::new(partial),
+            });
+        }
         if start.elapsed() > run.timeout {
             drop(process);
             let partial = EmulatedOutput {
@@ -130,6 +143,7 @@ pub(super) fn run(run: &EmulatedRun) -> Result<EmulatedOutput, EmulatedError> {
             return Err(EmulatedError::TimedOut {
                 timeout: run.timeout,
                 last_record: "command running".to_owned(),
+                kernel_fault: "none".to_owned(),
                 partial: Box::new(partial),
             });
         }
@@ -152,4 +166,37 @@ pub(super) fn run(run: &EmulatedRun) -> Result<EmulatedOutput, EmulatedError> {
         stderr: fs::read(&stderr_path).map_err(io_error("cannot read", &stderr_path))?,
         ..EmulatedOutput::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn cancel_flag_stops_command() {
+        let mut run = EmulatedRun::new("echo started; sleep 30");
+        let flag = Arc::new(AtomicBool::new(false));
+        run.cancel = Some(flag.clone());
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            flag.store(true, Ordering::Relaxed);
+        });
+        let start = Instant::now();
+        let result = super::run(&run);
+        setter.join().unwrap();
+
+        let Err(EmulatedError::Cancelled { partial, .. }) = result else {
+            panic!("expected a cancelled run, got {result:?}");
+        };
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "cancel took {:?}",
+            start.elapsed()
+        );
+        assert_eq!(partial.stdout, b"started\n");
+    }
 }

@@ -70,10 +70,24 @@ find_disk() {
     return 1
 }
 
+# Prints the options for module $1 that the kernel command line gives as `$1.option=value`,
+# the way modprobe reads them; insmod reads only its own arguments.
+module_options() {
+    for word in $(cat /proc/cmdline); do
+        case "$word" in
+            "$1".*) printf '%s ' "${word#"$1".}" ;;
+        esac
+    done
+}
+
 grep -qw svm /proc/cpuinfo || fail "nested_svm_missing"
 
 while read -r module; do
-    insmod "/lib/modules/isobench/$module" || fail "insmod_failed $module"
+    name=$(basename "$module" .ko | tr - _)
+    # The options are words on purpose: each becomes one insmod argument.
+    # shellcheck disable=SC2046
+    insmod "/lib/modules/isobench/$module" $(module_options "$name") \
+        || fail "insmod_failed $module"
 done < /isobench/modules
 
 status_port=$(find_port isobench.status) || { status_port=/dev/null; fail "port_missing status"; }
@@ -81,6 +95,10 @@ stdout_port=$(find_port isobench.stdout) || fail "port_missing stdout"
 stderr_port=$(find_port isobench.stderr) || fail "port_missing stderr"
 
 [ -c /dev/kvm ] || fail "kvm_missing"
+# The nested KVM's settings, for reading a failed run's console.
+for parameter in /sys/module/kvm_amd/parameters/*; do
+    echo "isobench: kvm_amd.${parameter##*/}=$(cat "$parameter" 2>/dev/null)"
+done > /dev/console
 report "kvm_ready"
 
 ip link set lo up

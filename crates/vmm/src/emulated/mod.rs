@@ -34,6 +34,8 @@ mod status;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use cache::default_cache_dir;
@@ -104,23 +106,40 @@ pub enum EmulatedError {
     /// QEMU exited before the command's exit status was reported.
     #[error(
         "emulated host stopped without reporting the command's exit status (QEMU: {qemu_status}, \
-         last status record: {last_record})"
+         last status record: {last_record}, kernel fault: {kernel_fault})"
     )]
     NoExitStatus {
         /// QEMU's exit status, with the last line of its stderr.
         qemu_status: String,
         /// The last status record received, or "none".
         last_record: String,
+        /// The first line of the emulated host's console that reports a kernel fault (soft
+        /// lockup, panic, oops), or "none".
+        kernel_fault: String,
         /// Everything collected until QEMU stopped.
         partial: Box<EmulatedOutput>,
     },
+    /// The run's cancel flag was set; QEMU (or the command on a direct host) was killed.
+    #[error("emulated run cancelled after {elapsed:?}, and its QEMU (or command) was killed")]
+    Cancelled {
+        /// Time from QEMU start (or command start) to the cancellation.
+        elapsed: Duration,
+        /// Everything collected until the cancellation.
+        partial: Box<EmulatedOutput>,
+    },
     /// The run did not finish within its timeout; QEMU was killed.
-    #[error("emulated run timed out after {timeout:?} (last status record: {last_record})")]
+    #[error(
+        "emulated run timed out after {timeout:?} (last status record: {last_record}, kernel \
+         fault: {kernel_fault})"
+    )]
     TimedOut {
         /// The run's timeout.
         timeout: Duration,
         /// The last status record received, or "none".
         last_record: String,
+        /// The first line of the emulated host's console that reports a kernel fault, or
+        /// "none", which is all a direct host reports.
+        kernel_fault: String,
         /// Everything collected until the timeout.
         partial: Box<EmulatedOutput>,
     },
@@ -131,6 +150,7 @@ impl EmulatedError {
     pub fn partial_output(&self) -> Option<&EmulatedOutput> {
         match self {
             EmulatedError::NoExitStatus { partial, .. }
+            | EmulatedError::Cancelled { partial, .. }
             | EmulatedError::TimedOut { partial, .. } => Some(partial),
             _ => None,
         }
@@ -212,6 +232,9 @@ pub struct EmulatedRun {
     pub memory_mib: u32,
     /// Time from QEMU start (or command start on a direct host) to the end of the run.
     pub timeout: Duration,
+    /// Flag that stops the run when set, for example by a Ctrl-C handler. The run polls it
+    /// every 20 ms.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl EmulatedRun {
@@ -226,7 +249,15 @@ impl EmulatedRun {
             vcpus: 2,
             memory_mib: 2048,
             timeout: Duration::from_secs(600),
+            cancel: None,
         }
+    }
+
+    /// Returns whether the run's cancel flag is set.
+    fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
     }
 }
 

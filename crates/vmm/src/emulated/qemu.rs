@@ -23,9 +23,26 @@ use super::{
 
 /// The QEMU system emulator, from Debian's `qemu-system-x86`.
 const QEMU: &str = "qemu-system-x86_64";
-/// Command line of the outer kernel. `panic=-1` turns a failing init into a reboot, which
-/// `-no-reboot` turns into QEMU's exit.
-const OUTER_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+/// Command line of the outer kernel.
+///
+/// - `panic=-1` turns a failing init or a kernel panic into a reboot, which `-no-reboot` turns
+///   into QEMU's exit.
+/// - `softlockup_panic=1` makes a CPU that stays in the kernel for 20 s (twice the default
+///   `watchdog_thresh` of 10 s) panic, so a vCPU thread wedged inside the nested `KVM_RUN`
+///   ends the run at once instead of at its timeout.
+/// - `kvm_amd.vgif=0` (passed to insmod by the init script) keeps KVM from using virtual GIF,
+///   which QEMU 7.2's TCG offers to the outer machine: KVM then intercepts STGI and CLGI
+///   itself. QEMU's virtual GIF emulation is a newer, rarely exercised path, and runs with it
+///   saw inner guests panic in interrupt entry.
+const OUTER_CMDLINE: &str = "console=ttyS0 panic=-1 softlockup_panic=1 kvm_amd.vgif=0 quiet";
+/// Console lines of the outer kernel that report a fault of its own.
+const KERNEL_FAULT_MARKERS: [&str; 5] = [
+    "soft lockup",
+    "rcu_sched self-detected stall",
+    "Kernel panic",
+    "BUG:",
+    "Oops",
+];
 /// Interval of polling QEMU and the status file.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Memory beyond the run's own for the outer kernel.
@@ -147,6 +164,15 @@ pub(super) fn run(host: &EmulatedHost, run: &EmulatedRun) -> Result<EmulatedOutp
                 })
             }
         }
+        if run.is_cancelled() {
+            drop(qemu);
+            let partial = collect_output(&files, timings, None);
+            tracing::info!(elapsed = ?start.elapsed(), "stopped the emulated host on request");
+            return Err(EmulatedError::Cancelled {
+                elapsed: start.elapsed(),
+                partial: Box::new(partial),
+            });
+        }
         if start.elapsed() > run.timeout {
             drop(qemu);
             let events = collect_events(&files);
@@ -155,6 +181,7 @@ pub(super) fn run(host: &EmulatedHost, run: &EmulatedRun) -> Result<EmulatedOutp
             return Err(EmulatedError::TimedOut {
                 timeout: run.timeout,
                 last_record: status::describe(events.last()),
+                kernel_fault: kernel_fault(&partial.console),
                 partial: Box::new(partial),
             });
         }
@@ -196,6 +223,7 @@ pub(super) fn run(host: &EmulatedHost, run: &EmulatedRun) -> Result<EmulatedOutp
                     .unwrap_or_default()
             ),
             last_record: status::describe(events.last()),
+            kernel_fault: kernel_fault(&output.console),
             partial: Box::new(output),
         });
     }
@@ -303,6 +331,19 @@ fn collect_output(
     }
 }
 
+/// Returns the first console line that reports a fault of the outer kernel, or "none".
+fn kernel_fault(console: &[u8]) -> String {
+    String::from_utf8_lossy(console)
+        .lines()
+        .find(|line| {
+            KERNEL_FAULT_MARKERS
+                .iter()
+                .any(|marker| line.contains(marker))
+        })
+        .map(|line| line.trim().to_owned())
+        .unwrap_or_else(|| "none".to_owned())
+}
+
 /// Returns the last lines of `console` for a log message.
 fn tail(console: &[u8]) -> String {
     let text = String::from_utf8_lossy(console);
@@ -313,6 +354,22 @@ fn tail(console: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_fault_finds_soft_lockup() {
+        let console = b"[ 1.0] kvm: Nested Paging enabled\n\
+            [ 60.2] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [isobench-vmm:93]\n\
+            [ 60.3] Kernel panic - not syncing: softlockup: hung tasks\n";
+        assert_eq!(
+            kernel_fault(console),
+            "[ 60.2] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [isobench-vmm:93]"
+        );
+    }
+
+    #[test]
+    fn kernel_fault_none_on_clean_console() {
+        assert_eq!(kernel_fault(b"[ 1.0] kvm: Nested Paging enabled\n"), "none");
+    }
 
     #[test]
     fn option_commas_doubled() {
