@@ -9,6 +9,7 @@ use std::fs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -30,7 +31,9 @@ use isobench_harness::run::{PlannedBackend, RunObserver, RunPlan};
 use isobench_harness::summary::BackendSummary;
 use isobench_harness::trial::{TrialObserver, TrialSettings};
 use isobench_report::format::{format_mib, format_seconds};
-use isobench_vmm::emulated::{default_cache_dir, EmulatedHost, EmulatedRun, ProgramArg};
+use isobench_vmm::emulated::{
+    default_cache_dir, EmulatedError, EmulatedHost, EmulatedRun, ProgramArg,
+};
 use isobench_workload::Suite;
 
 use crate::flags::{create_direct_backend, BackendArg, TrialFlags};
@@ -487,8 +490,9 @@ async fn compare(
 
     if let Some(host) = selection.emulated {
         if !cancel.is_cancelled() {
-            let trials = emulated_trials(host, &settings, &image).await;
+            let trials = emulated_trials(host, &settings, &image, &cancel).await;
             results.trials.extend(trials);
+            results.run.interrupted = cancel.is_cancelled();
             results
                 .write_atomic(&results_path)
                 .context("failed to write results.json")?;
@@ -540,11 +544,13 @@ const EMULATED_TRIAL_DEADLINE: Duration = Duration::from_secs(900);
 /// Runs the microVM trials inside the emulated host: `isobench compare` itself runs there with
 /// the guest image carried in, and prints its results on standard output. The trials come back
 /// marked [`ExecutionHost::Emulated`]; a failure of the whole block becomes one failed trial
-/// with its cause.
+/// with its cause. Ctrl-C (`cancel`) kills QEMU at the next 20 ms poll and becomes one interrupted
+/// trial, because the inner run reports its trials only when it ends.
 async fn emulated_trials(
     host: EmulatedHost,
     settings: &Settings,
     image: &GuestImagePaths,
+    cancel: &Cancel,
 ) -> Vec<TrialRecord> {
     let trials = settings.trials.min(MAX_EMULATED_TRIALS);
     let ready_deadline = settings.ready_deadline.max(EMULATED_READY_DEADLINE);
@@ -575,18 +581,14 @@ async fn emulated_trials(
         args.push(ProgramArg::File(suite.clone()));
     }
 
-    let failure = |cause: String| {
+    let block_record = |outcome: TrialOutcome| {
         vec![TrialRecord {
             backend: "microvm".into(),
             kind: BackendKind::Microvm,
             execution_host: ExecutionHost::Emulated,
             round: 0,
             warmup: false,
-            outcome: TrialOutcome::Failed {
-                stage: TrialStage::Launch,
-                cause,
-                exit: None,
-            },
+            outcome,
             events: Vec::new(),
             phases: Vec::new(),
             launch_to_ready_s: None,
@@ -597,6 +599,13 @@ async fn emulated_trials(
             suite_s: None,
             shutdown_s: None,
         }]
+    };
+    let failure = |cause: String| {
+        block_record(TrialOutcome::Failed {
+            stage: TrialStage::Launch,
+            cause,
+            exit: None,
+        })
     };
     let program = match std::env::current_exe() {
         Ok(program) => program,
@@ -609,15 +618,28 @@ async fn emulated_trials(
     let mut run = EmulatedRun::for_program(&program, &args, &[vmm]);
     run.memory_mib = settings.memory_mib + 1536;
     run.timeout = Duration::from_secs(300) + trial_deadline * trials;
+    let stop = Arc::new(AtomicBool::new(false));
+    run.cancel = Some(stop.clone());
+    let watcher = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
 
-    // NOTE: the emulated run cannot be stopped from here; Ctrl-C takes effect after it ends,
-    // and QEMU is killed at the run's timeout at the latest.
     let spinner = spinner(format!(
         "running {trials} microvm trials in the emulated host"
     ));
     let output = tokio::task::spawn_blocking(move || host.run(&run)).await;
+    watcher.abort();
     spinner.finish_and_clear();
     let output = match output {
+        Ok(Err(EmulatedError::Cancelled { .. })) => {
+            return block_record(TrialOutcome::Interrupted {
+                stage: TrialStage::Launch,
+            })
+        }
         Ok(Ok(output)) => output,
         Ok(Err(error)) => {
             let stderr = error
