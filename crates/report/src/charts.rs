@@ -175,6 +175,13 @@ fn startup_phases(
     if rows.is_empty() {
         return Ok(None);
     }
+    let alongside = if rows.iter().any(|row| !row.overlays.is_empty()) {
+        " The thin bar under a row runs alongside the phases above it: Docker's start_call \
+         lasts until the Engine API returns from the start call, which it usually does after \
+         the entrypoint has begun."
+    } else {
+        ""
+    };
     let svg = plot::stacked_bars(
         &id,
         &rows,
@@ -185,17 +192,15 @@ fn startup_phases(
         id,
         title: emulation_title("Startup phases: median duration of each phase", emulated),
         svg,
-        explanation:
+        explanation: format!(
             "Time from t0 to a ready Jupyter kernel, split into consecutive phases in the order \
-            they happen, each drawn at its median; the black tick is the median total. A \
-            microVM boots its own guest kernel first (vmm_setup, guest_kernel, guest_init). A \
-            container shares the host kernel and pays for namespaces and cgroups instead \
-            (create, then start up to the entrypoint's first marker). The thin bar under a row \
-            runs alongside the phases above it: Docker's start_call lasts until the Engine API \
-            returns from the start call, which it usually does after the entrypoint has begun. \
-            Every backend pays the Python start-up (kernel_ready). Phases with the same role \
-            share a colour on every backend."
-                .into(),
+             they happen, each drawn at its median; the black tick is the median total. A \
+             microVM boots its own guest kernel first (vmm_setup, guest_kernel, guest_init). A \
+             container shares the host kernel and pays for namespaces and cgroups instead \
+             (create, then start up to the entrypoint's first marker).{alongside} Every backend \
+             pays the Python start-up (kernel_ready). Phases with the same role share a colour \
+             on every backend."
+        ),
         emulated,
     }))
 }
