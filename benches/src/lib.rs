@@ -14,7 +14,7 @@ use criterion::{BenchmarkGroup, SamplingMode};
 use isobench_harness::backend::docker::{DockerBackend, DockerOptions};
 use isobench_harness::backend::microvm::MicrovmBackend;
 use isobench_harness::backend::process::ProcessBackend;
-use isobench_harness::backend::{Backend, BackendKind, GuestImagePaths, Instance, JupyterPorts};
+use isobench_harness::backend::{Backend, BackendKind, GuestImagePaths, Instance};
 use isobench_harness::backend::{BackendError, LaunchSpec};
 use isobench_harness::cancel::Cancel;
 use isobench_harness::host::{KvmFlavour, KvmInfo};
@@ -228,18 +228,9 @@ impl LaunchedKernel {
         let key = isobench_workload::connection::generate_key()
             .map_err(|error| LaunchError::Parameters(error.to_string()))?;
         let ports = match backend.kind() {
-            BackendKind::Process => {
-                let free = ChannelPorts::pick_free_loopback()
-                    .map_err(|error| LaunchError::Parameters(error.to_string()))?;
-                JupyterPorts {
-                    shell: free.shell,
-                    iopub: free.iopub,
-                    stdin: free.stdin,
-                    control: free.control,
-                    heartbeat: free.heartbeat,
-                }
-            }
-            BackendKind::Microvm | BackendKind::Docker => JupyterPorts::GUEST_DEFAULT,
+            BackendKind::Process => ChannelPorts::pick_free_loopback()
+                .map_err(|error| LaunchError::Parameters(error.to_string()))?,
+            BackendKind::Microvm | BackendKind::Docker => ChannelPorts::GUEST_DEFAULT,
         };
         let spec = LaunchSpec {
             run_id: settings.run_id.clone(),
@@ -260,16 +251,9 @@ impl LaunchedKernel {
                 backend: backend.name(),
                 source,
             })?;
-        let launched = instance.ports();
         let info = ConnectionInfo {
             ip: instance.address(),
-            ports: ChannelPorts {
-                shell: launched.shell,
-                iopub: launched.iopub,
-                stdin: launched.stdin,
-                control: launched.control,
-                heartbeat: launched.heartbeat,
-            },
+            ports: instance.ports(),
             key,
         };
         let deadline = t0 + spec.ready_deadline;
