@@ -14,14 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use isobench_harness::backend::{Backend, BackendKind, GuestImagePaths};
 use isobench_harness::cancel::{self, Cancel};
 use isobench_harness::host::{
     rfc3339_utc, timestamp_folder_name, DockerInfo, HostInfo, KvmFlavour, KvmInfo,
     ISOBENCH_REVISION,
 };
-use isobench_harness::image::{self, ArtifactSet, BuildProgress, Cache, ImageError, SetOutcome};
+use isobench_harness::image::{self, ArtifactSet, Cache, ImageError, RecipeHashes, SetOutcome};
 use isobench_harness::jupyter::JupyterWorkload;
 use isobench_harness::results::{
     ExecutionHost, Results, RunConfig, RunInfo, SkippedBackend, TrialOutcome, TrialRecord,
@@ -138,7 +138,7 @@ pub fn main(args: CompareArgs) -> anyhow::Result<ExitCode> {
 
     let image = match &settings.image_override {
         Some((vmlinux, rootfs_ext4)) => provided_image(vmlinux, rootfs_ext4),
-        None => prepare_image()?,
+        None => prepare_image(&selection)?,
     };
     if selection
         .planned
@@ -364,18 +364,37 @@ fn provided_image(vmlinux: &Path, rootfs_ext4: &Path) -> GuestImagePaths {
     }
 }
 
-/// Finds the guest image, building whatever the cache lacks.
-fn prepare_image() -> anyhow::Result<GuestImagePaths> {
-    match image::locate() {
+/// Finds the guest image, building the artifact sets the selected backends launch from when
+/// the cache lacks them. Only a run that includes the microVM, directly or in the emulated
+/// host, builds the guest kernel: on the first run the kernel build takes minutes.
+fn prepare_image(selection: &Selection) -> anyhow::Result<GuestImagePaths> {
+    let mut kinds: Vec<BackendKind> = selection.planned.iter().map(|p| p.backend.kind()).collect();
+    if selection.emulated.is_some() {
+        kinds.push(BackendKind::Microvm);
+    }
+    let sets = ArtifactSet::required_by(&kinds);
+    let cache = Cache::from_env()?;
+    match cache.locate_sets(&RecipeHashes::embedded(), &sets) {
         Ok(paths) => return Ok(paths),
         Err(ImageError::NotBuilt { .. }) => {}
         Err(error) => return Err(error.into()),
     }
-    let cache = Cache::from_env()?;
-    eprintln!("isobench: the guest image is not built yet; building it first");
-    let progress = BuildBars::new();
-    let summary = image::build(&cache, &progress)?;
+    let names: Vec<&str> = sets.iter().map(|set| set.name()).collect();
+    eprintln!(
+        "isobench: building the guest image's {} first; later runs reuse it",
+        names.join(" and ")
+    );
+    let progress = crate::image::TerminalProgress::new();
+    let summary = image::build_sets(&cache, &sets, &progress)?;
     progress.clear();
+    for (label, outcome) in [
+        ("guest kernel", &summary.kernel),
+        ("root filesystem", &summary.rootfs),
+    ] {
+        if *outcome != SetOutcome::NotRequested {
+            eprintln!("isobench: {label} {}", crate::image::describe(outcome));
+        }
+    }
     Ok(summary.paths)
 }
 
@@ -735,63 +754,6 @@ fn draw_target() -> ProgressDrawTarget {
         ProgressDrawTarget::stderr()
     } else {
         ProgressDrawTarget::hidden()
-    }
-}
-
-/// Progress of the guest image build, one spinner per artifact set.
-struct BuildBars {
-    bars: MultiProgress,
-    sets: Mutex<Vec<(ArtifactSet, ProgressBar)>>,
-}
-
-impl BuildBars {
-    fn new() -> BuildBars {
-        BuildBars {
-            bars: MultiProgress::with_draw_target(draw_target()),
-            sets: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn bar(&self, set: ArtifactSet) -> ProgressBar {
-        let mut sets = self
-            .sets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, bar)) = sets.iter().find(|(known, _)| *known == set) {
-            return bar.clone();
-        }
-        let bar = self.bars.add(spinner(format!("{}: starting", set.name())));
-        sets.push((set, bar.clone()));
-        bar
-    }
-
-    fn clear(&self) {
-        let _ = self.bars.clear();
-    }
-}
-
-impl BuildProgress for BuildBars {
-    fn started(&self, set: ArtifactSet, hash: &str) {
-        self.bar(set)
-            .set_message(format!("{}: building {hash}", set.name()));
-    }
-
-    fn step(&self, set: ArtifactSet, message: &str) {
-        self.bar(set)
-            .set_message(format!("{}: {message}", set.name()));
-    }
-
-    fn finished(&self, set: ArtifactSet, outcome: &SetOutcome) {
-        let text = match outcome {
-            SetOutcome::Reused => format!("{}: cached", set.name()),
-            SetOutcome::Built { seconds } => format!("{}: built in {seconds:.0} s", set.name()),
-        };
-        self.bar(set).finish_with_message(text);
-    }
-
-    fn failed(&self, set: ArtifactSet, error: &ImageError) {
-        self.bar(set)
-            .abandon_with_message(format!("{}: failed: {error}", set.name()));
     }
 }
 

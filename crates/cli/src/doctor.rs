@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use isobench_container::Engine;
 use isobench_harness::host::{KvmFlavour, KvmInfo};
-use isobench_harness::image::{self, find_program, DockerImageState, BUILD_TOOLS};
+use isobench_harness::image::{self, find_program, DockerImageState, ImageError, BUILD_TOOLS};
 use serde::Serialize;
 
 /// Flags of `isobench doctor`.
@@ -239,18 +239,41 @@ fn check_build_tools() -> Check {
 }
 
 async fn check_guest_image() -> Vec<Check> {
-    let paths = match image::locate() {
+    // Every backend uses the root filesystem, but only the microVM boots the guest kernel. A
+    // missing kernel therefore limits the run to process and docker and is no failure.
+    let paths = match image::locate_rootfs() {
         Ok(paths) => paths,
         Err(error) => {
             // The error already names the command that builds the image.
             return vec![Check::new("guest image", Level::Fail, error.to_string())];
         }
     };
-    let built = Check::new(
+    let rootfs = Check::new(
         "guest image",
         Level::Ok,
-        format!("{} built ({})", paths.id, paths.rootfs_ext4.display()),
+        format!(
+            "{} root filesystem built ({})",
+            paths.id,
+            paths.rootfs_ext4.display()
+        ),
     );
+    let kernel = match image::locate() {
+        Ok(paths) => Check::new(
+            "guest kernel",
+            Level::Ok,
+            format!("built ({})", paths.vmlinux.display()),
+        ),
+        Err(ImageError::NotBuilt { .. }) => Check::new(
+            "guest kernel",
+            Level::Warn,
+            "not built: process and docker can run, the microvm backend cannot",
+        )
+        .action(
+            "run `isobench image build --only kernel`; `isobench compare` builds it when the \
+             microvm backend runs",
+        ),
+        Err(error) => Check::new("guest kernel", Level::Fail, error.to_string()),
+    };
     let docker = match image::docker_image_state(&paths.docker_tag).await {
         DockerImageState::Present => Check::new(
             "docker image",
@@ -262,7 +285,7 @@ async fn check_guest_image() -> Vec<Check> {
             Level::Fail,
             format!("{} missing", paths.docker_tag),
         )
-        .action("run `isobench image build`"),
+        .action("run `isobench image build --only rootfs`"),
         DockerImageState::EngineUnreachable { message } => Check::new(
             "docker image",
             Level::Fail,
@@ -270,7 +293,7 @@ async fn check_guest_image() -> Vec<Check> {
         )
         .action("start the Docker engine with scripts/setup-host"),
     };
-    vec![built, docker]
+    vec![rootfs, kernel, docker]
 }
 
 fn check_qemu() -> Check {

@@ -19,6 +19,7 @@ pub enum ImageCommand {
     /// image. With nothing changed it only checks the cache and returns within seconds.
     Build(BuildArgs),
     /// Shows the artifacts, their sizes, the recipe hashes and whether Docker has the image.
+    /// Exits with failure unless both artifact sets are complete.
     Status(StatusArgs),
 }
 
@@ -28,6 +29,28 @@ pub struct BuildArgs {
     /// Skips importing `rootfs.tar` into the Docker engine.
     #[arg(long)]
     no_docker: bool,
+    /// Builds only these artifact sets, comma-separated. Default: both. The `process` and
+    /// `docker` backends need only `rootfs`; the microVM needs `kernel` too.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SETS")]
+    only: Option<Vec<SetArg>>,
+}
+
+/// Artifact set named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SetArg {
+    /// The guest kernel: `vmlinux` and `bzImage`.
+    Kernel,
+    /// The root filesystem: `rootfs.tar`, `rootfs.ext4` and the tree.
+    Rootfs,
+}
+
+impl SetArg {
+    fn set(self) -> ArtifactSet {
+        match self {
+            SetArg::Kernel => ArtifactSet::Kernel,
+            SetArg::Rootfs => ArtifactSet::Rootfs,
+        }
+    }
 }
 
 /// Flags of `isobench image status`.
@@ -58,23 +81,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let cache = Cache::from_env()?;
+    let sets: Vec<ArtifactSet> = match &args.only {
+        Some(only) => only.iter().map(|set| set.set()).collect(),
+        None => ArtifactSet::ALL.to_vec(),
+    };
     let progress = TerminalProgress::new();
-    let summary = image::build(&cache, &progress)?;
+    let summary = image::build_sets(&cache, &sets, &progress)?;
     progress.clear();
 
     let paths = &summary.paths;
-    out!(
-        "guest kernel     {}  {}",
-        describe(&summary.kernel),
-        paths.vmlinux.display()
-    );
-    out!(
-        "root filesystem  {}  {}",
-        describe(&summary.rootfs),
-        paths.rootfs_ext4.display()
-    );
+    for (label, outcome, path) in [
+        ("guest kernel   ", &summary.kernel, &paths.vmlinux),
+        ("root filesystem", &summary.rootfs, &paths.rootfs_ext4),
+    ] {
+        if *outcome == SetOutcome::NotRequested {
+            out!("{label}  not requested");
+        } else {
+            out!("{label}  {}  {}", describe(outcome), path.display());
+        }
+    }
 
-    if !args.no_docker {
+    // The Docker image is the root filesystem's tar, so it is imported only along with it.
+    if !args.no_docker && sets.contains(&ArtifactSet::Rootfs) {
         let message = format!(
             "checking {}, importing rootfs.tar if missing",
             paths.docker_tag
@@ -100,9 +128,11 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn describe(outcome: &SetOutcome) -> String {
+/// Describes how a set became complete, for one line of output.
+pub(crate) fn describe(outcome: &SetOutcome) -> String {
     match outcome {
         SetOutcome::Reused => "cached".to_string(),
+        SetOutcome::NotRequested => "not requested".to_string(),
         SetOutcome::Built { seconds } => format!("built in {seconds:.0} s"),
     }
 }
@@ -151,7 +181,18 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             Some(DockerImageState::EngineUnreachable { message }) => message.clone(),
         };
         out!("docker    {}  {docker}", status.docker_tag);
-        if !status.complete {
+        let built = |name: &str| {
+            status
+                .sets
+                .iter()
+                .any(|set| set.set == name && set.complete)
+        };
+        if built("rootfs") && !built("kernel") {
+            out!(
+                "the process and docker backends can run; the microvm backend needs the guest \
+                 kernel too: run `isobench image build --only kernel`"
+            );
+        } else if !status.complete {
             out!("run `isobench image build` to build what is missing");
         }
     }
@@ -164,14 +205,14 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 
 /// One spinner per artifact set, updated from the build threads. When standard error is not a
 /// terminal (CI logs), each step is printed as a line instead.
-struct TerminalProgress {
+pub(crate) struct TerminalProgress {
     bars: MultiProgress,
     spinners: Mutex<Vec<(ArtifactSet, ProgressBar)>>,
     plain: bool,
 }
 
 impl TerminalProgress {
-    fn new() -> TerminalProgress {
+    pub(crate) fn new() -> TerminalProgress {
         TerminalProgress {
             bars: MultiProgress::new(),
             spinners: Mutex::new(Vec::new()),
@@ -206,7 +247,7 @@ impl TerminalProgress {
         }
     }
 
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.bars.clear().ok();
     }
 }

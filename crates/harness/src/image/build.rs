@@ -64,11 +64,13 @@ pub trait BuildProgress: Sync {
     fn failed(&self, set: ArtifactSet, error: &ImageError);
 }
 
-/// How an artifact set became complete.
+/// Outcome of the build for one artifact set.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SetOutcome {
     /// It was already in the cache.
     Reused,
+    /// The caller did not request it, so it was neither built nor checked.
+    NotRequested,
     /// It was built now, taking this many seconds of wall time.
     Built {
         /// Wall time of the build, in seconds.
@@ -76,10 +78,11 @@ pub enum SetOutcome {
     },
 }
 
-/// Result of [`build`].
+/// Result of [`build`] and [`build_sets`].
 #[derive(Debug, Clone)]
 pub struct BuildSummary {
-    /// Paths of the complete guest image.
+    /// Paths of the guest image. Paths into a set whose outcome is
+    /// [`SetOutcome::NotRequested`] may not exist.
     pub paths: GuestImagePaths,
     /// Outcome for the guest kernel.
     pub kernel: SetOutcome,
@@ -94,9 +97,24 @@ pub struct BuildSummary {
 /// While it builds, SIGINT and SIGTERM stop the build scripts, whose folders are then
 /// removed, and the call returns [`ImageError::Interrupted`].
 pub fn build(cache: &Cache, progress: &dyn BuildProgress) -> Result<BuildSummary, ImageError> {
+    build_sets(cache, &ArtifactSet::ALL, progress)
+}
+
+/// Builds the artifact sets in `sets` that the cache lacks, like [`build`], and leaves the
+/// other sets alone. A run of the `process` and `docker` backends needs no guest kernel.
+pub fn build_sets(
+    cache: &Cache,
+    sets: &[ArtifactSet],
+    progress: &dyn BuildProgress,
+) -> Result<BuildSummary, ImageError> {
     let hashes = RecipeHashes::embedded();
-    let missing: Vec<ArtifactSet> = ArtifactSet::ALL
+    let requested: Vec<ArtifactSet> = ArtifactSet::ALL
         .into_iter()
+        .filter(|set| sets.contains(set))
+        .collect();
+    let missing: Vec<ArtifactSet> = requested
+        .iter()
+        .copied()
         .filter(|set| !cache.is_complete(*set, hashes.of_set(*set)))
         .collect();
 
@@ -110,9 +128,13 @@ pub fn build(cache: &Cache, progress: &dyn BuildProgress) -> Result<BuildSummary
         let handles: Vec<_> = ArtifactSet::ALL
             .into_iter()
             .map(|set| {
+                let is_requested = requested.contains(&set);
                 let needed = missing.contains(&set);
                 let hash = hashes.of_set(set).to_string();
                 scope.spawn(move || {
+                    if !is_requested {
+                        return Ok(SetOutcome::NotRequested);
+                    }
                     if !needed {
                         progress.finished(set, &SetOutcome::Reused);
                         return Ok(SetOutcome::Reused);
@@ -140,7 +162,7 @@ pub fn build(cache: &Cache, progress: &dyn BuildProgress) -> Result<BuildSummary
     let kernel = outcomes.next().expect("one outcome per set")?;
     let rootfs = outcomes.next().expect("one outcome per set")?;
     Ok(BuildSummary {
-        paths: cache.locate(&hashes)?,
+        paths: cache.locate_sets(&hashes, &requested)?,
         kernel,
         rootfs,
     })
@@ -573,6 +595,36 @@ mod tests {
         remove_stale_builds(&cache);
         assert!(!stale.exists());
         assert!(live.exists());
+    }
+
+    #[test]
+    fn unrequested_kernel_is_left_alone() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path());
+        let hashes = RecipeHashes::embedded();
+        let rootfs = cache.set_dir(ArtifactSet::Rootfs, &hashes.rootfs);
+        std::fs::create_dir_all(&rootfs).unwrap();
+        for artifact in ArtifactSet::Rootfs.artifacts() {
+            std::fs::write(rootfs.join(artifact), b"x").unwrap();
+        }
+        std::fs::write(rootfs.join(MANIFEST_FILE), b"{}").unwrap();
+
+        let recorder = Recorder::default();
+        let summary = build_sets(&cache, &[ArtifactSet::Rootfs], &recorder).unwrap();
+        assert_eq!(summary.kernel, SetOutcome::NotRequested);
+        assert_eq!(summary.rootfs, SetOutcome::Reused);
+        assert_eq!(summary.paths.rootfs_tree, rootfs.join("tree"));
+        assert!(!cache.set_dir(ArtifactSet::Kernel, &hashes.kernel).exists());
+        assert_eq!(
+            recorder.events.lock().unwrap().as_slice(),
+            ["rootfs finished"]
+        );
+
+        let error = cache.locate(&hashes).unwrap_err();
+        assert!(
+            matches!(error, ImageError::NotBuilt { set: "kernel", .. }),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The guest image: one guest kernel and one root filesystem, built from the recipes in
 //! `guest-images/` and cached by the hash of those recipes.
 //!
-//! Backends call [`locate`] for the paths of the built image. `isobench image build` calls
-//! [`build`], which runs each missing artifact set's `build.sh` as a child process. The two
-//! sets build in parallel, because the kernel is CPU-bound and the root filesystem mostly
-//! waits on the Debian archive. Then [`import_docker_image`] streams `rootfs.tar` into the
+//! Backends call [`locate`] for the paths of the built image, or [`locate_rootfs`] when they
+//! use no guest kernel. `isobench image build` calls [`build`] or [`build_sets`], which run
+//! each missing artifact set's `build.sh` as a child process. [`ArtifactSet::required_by`]
+//! names the sets that a run of given backends needs. Two sets build in parallel, because the
+//! kernel is CPU-bound and the root filesystem mostly waits on the Debian archive. Then [`import_docker_image`] streams `rootfs.tar` into the
 //! Docker engine under the tag derived from the image id.
 
 mod build;
@@ -16,7 +17,9 @@ mod status;
 
 use std::path::PathBuf;
 
-pub use build::{build, find_program, BuildProgress, BuildSummary, SetOutcome, BUILD_TOOLS};
+pub use build::{
+    build, build_sets, find_program, BuildProgress, BuildSummary, SetOutcome, BUILD_TOOLS,
+};
 pub use cache::{locate, locate_rootfs, Cache, Manifest, CACHE_DIR_ENV, MANIFEST_FILE};
 pub use docker::{docker_image_state, import_docker_image, DockerImageState, ImportOutcome};
 pub use recipe::{

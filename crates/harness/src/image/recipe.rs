@@ -7,6 +7,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::backend::BackendKind;
+
 /// Number of hex digits kept from a SHA-256 digest in cache folder names and the image id.
 pub const HASH_HEX_DIGITS: usize = 16;
 
@@ -82,6 +84,19 @@ impl ArtifactSet {
             ArtifactSet::Kernel => "kernel/build.sh",
             ArtifactSet::Rootfs => "rootfs/build.sh",
         }
+    }
+
+    /// Sets that a run of the given backends launches from, in build order. Every backend uses
+    /// the root filesystem; only the microVM boots the guest kernel.
+    pub fn required_by(backends: &[BackendKind]) -> Vec<ArtifactSet> {
+        let mut sets = Vec::new();
+        if backends.contains(&BackendKind::Microvm) {
+            sets.push(ArtifactSet::Kernel);
+        }
+        if !backends.is_empty() {
+            sets.push(ArtifactSet::Rootfs);
+        }
+        sets
     }
 
     /// Artifacts a complete set contains, relative to its cache folder.
@@ -189,6 +204,22 @@ mod tests {
         let mut changed = files.to_vec();
         changed[index].contents = leak(contents.to_vec());
         changed
+    }
+
+    #[test]
+    fn kernel_required_only_by_microvm() {
+        let sets = |backends: &[BackendKind]| ArtifactSet::required_by(backends);
+        assert_eq!(sets(&[]), Vec::<ArtifactSet>::new());
+        assert_eq!(sets(&[BackendKind::Process]), [ArtifactSet::Rootfs]);
+        assert_eq!(
+            sets(&[BackendKind::Process, BackendKind::Docker]),
+            [ArtifactSet::Rootfs]
+        );
+        assert_eq!(
+            sets(&[BackendKind::Docker, BackendKind::Microvm]),
+            ArtifactSet::ALL
+        );
+        assert_eq!(sets(&[BackendKind::Microvm]), ArtifactSet::ALL);
     }
 
     #[test]
