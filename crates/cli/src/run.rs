@@ -250,7 +250,10 @@ async fn run(config: RunConfigResolved) -> anyhow::Result<ExitCode> {
         .trials
         .iter()
         .any(|trial| matches!(trial.outcome, TrialOutcome::Failed { .. }));
-    Ok(if failed || results.run.interrupted {
+    // 130 after Ctrl-C, as `isobench compare` and shells report an interrupted program.
+    Ok(if results.run.interrupted {
+        ExitCode::from(130)
+    } else if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

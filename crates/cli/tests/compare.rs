@@ -4,9 +4,14 @@
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use isobench_harness::results::{Results, TrialOutcome};
+
+/// Serialises the end-to-end runs: each checks that no `process` backend kernel or mount is
+/// left, which a concurrent run's would fail.
+static END_TO_END: Mutex<()> = Mutex::new(());
 
 fn isobench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_isobench"))
@@ -123,12 +128,94 @@ fn read_results(path: &Path) -> Option<Results> {
     path.exists().then(|| Results::read(path).ok()).flatten()
 }
 
+/// Sends SIGINT to the child, as Ctrl-C in its terminal would.
+fn interrupt(child: &std::process::Child) {
+    // SAFETY: kill only sends a signal to the child this test spawned and still owns.
+    let signalled = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(signalled, 0, "SIGINT to isobench compare");
+}
+
+#[test]
+fn ctrl_c_in_warmup_keeps_no_trial() {
+    if let Some(reason) = missing_prerequisite() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let _serial = END_TO_END
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("report");
+    let mut child = isobench()
+        .args(["compare", "--backends", "process,docker"])
+        .args(["--trials", "2", "--warmup", "1"])
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // The first warm-up has begun once its trial folder is mounted.
+    let started = Instant::now();
+    while process_backend_leftovers().is_empty() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "compare exited early with {status}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no warm-up started in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    interrupt(&child);
+
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(130), "exit: {stderr}");
+    assert!(
+        stderr.contains("interrupted during process warm-up 1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("process: 0 of 2 trials completed and kept"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("docker: 0 of 2 trials completed and kept"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("0 of 0"), "{stderr}");
+    assert!(!stdout.contains("0 of 0"), "{stdout}");
+
+    let results = Results::read(&out.join("results.json")).unwrap();
+    assert!(results.run.interrupted);
+    assert_eq!(results.trials.len(), 1, "only the interrupted warm-up");
+    assert!(results.trials[0].warmup);
+    assert!(matches!(
+        results.trials[0].outcome,
+        TrialOutcome::Interrupted { .. }
+    ));
+    let run_id = &results.run.run_id;
+    assert_eq!(docker_ids("container", run_id), Vec::<String>::new());
+    assert_eq!(docker_ids("network", run_id), Vec::<String>::new());
+    assert_eq!(process_backend_leftovers(), Vec::<String>::new());
+}
+
 #[test]
 fn ctrl_c_keeps_trials_and_leaves_nothing() {
     if let Some(reason) = missing_prerequisite() {
         eprintln!("skipped: {reason}");
         return;
     }
+    let _serial = END_TO_END
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let directory = tempfile::tempdir().unwrap();
     let out = directory.path().join("report");
     let results_path = out.join("results.json");
@@ -171,9 +258,7 @@ fn ctrl_c_keeps_trials_and_leaves_nothing() {
         std::thread::sleep(Duration::from_millis(200));
     };
     std::thread::sleep(Duration::from_millis(700));
-    // SAFETY: kill only sends a signal to the child this test spawned and still owns.
-    let signalled = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    assert_eq!(signalled, 0, "SIGINT to isobench compare");
+    interrupt(&child);
 
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
