@@ -1,4 +1,4 @@
-//! What an interrupted run finished and kept, in words, for the lines printed after Ctrl-C.
+//! The lines printed after Ctrl-C: which trials an interrupted run finished and kept.
 //!
 //! Warm-ups are not trials: they run first, are left out of every figure, and are reported
 //! apart from the measured trials.
@@ -127,7 +127,7 @@ mod tests {
         }
     }
 
-    /// A run of process and docker with 3 planned trials and 1 warm-up each, cut after
+    /// Builds a run of process and docker with 3 planned trials and 1 warm-up each, cut after
     /// `finished` records and with the next one interrupted at the ready step.
     fn interrupted_run(finished: usize) -> Results {
         let order = [

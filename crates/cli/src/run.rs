@@ -285,7 +285,7 @@ impl RunObserver for Progress {
     }
 }
 
-/// One trial in words: outcome, phases, readiness, memory and per-cell figures, each figure
+/// Describes one trial: outcome, phases, readiness, memory and per-cell figures, each figure
 /// line ending with the host's KVM kind.
 fn describe_trial(record: &TrialRecord, kvm_label: &str) -> String {
     let mut text = String::new();
@@ -362,7 +362,7 @@ fn describe_trial(record: &TrialRecord, kvm_label: &str) -> String {
 }
 
 /// Prints each backend's figures, each line ending with the host's KVM kind. `planned` is the
-/// run's measured trials per backend, so an interrupted run says how many of them finished.
+/// run's measured trials per backend, so an interrupted run shows how many of them finished.
 fn print_summary(
     out: &mut impl Write,
     summary: &RunSummary,

@@ -115,7 +115,7 @@ impl HostInfo {
 impl HostInfo {
     /// Labels the kind of KVM that figures of `execution_host` were measured on, such as
     /// `paravirtual KVM (kvm_pvm)`, for printing beside each figure. The emulated host's label
-    /// says that its figures are emulation times.
+    /// states that its figures are emulation times.
     pub fn figure_label(&self, execution_host: ExecutionHost) -> String {
         let kvm = &self.kvm;
         let own = match (kvm.flavour, &kvm.module) {

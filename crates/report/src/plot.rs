@@ -139,7 +139,7 @@ pub struct RowSummary {
 /// Horizontal axis of a chart.
 #[derive(Debug, Clone)]
 pub struct Axis {
-    /// Axis title with its unit; a logarithmic axis says so in its title.
+    /// Axis title with its unit. The title of a logarithmic axis names its scale.
     pub title: String,
     /// Whether the axis is logarithmic. A log axis starts at the power of ten below the
     /// smallest positive value, and draws smaller values, zero and negative ones at its start.
