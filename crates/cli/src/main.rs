@@ -55,6 +55,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
         Command::Image(command) => image::main(command),
         Command::Doctor(args) => doctor::main(args),
@@ -70,4 +71,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Sends the libraries' `tracing` events to standard error: warnings and errors by default,
+/// more with `RUST_LOG` (such as `RUST_LOG=isobench_harness=debug`). Without it, warnings the
+/// harness logs and carries on after, such as a failed guest memory read, would be lost.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
 }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use isobench_workload::{ConnectionInfo, KernelClient, MeminfoTotals, Metric, Suite, MEMINFO_CELL};
+use isobench_workload::{ConnectionInfo, KernelClient, MeminfoTotals, Metric, Suite};
 
 use crate::backend::GuestMeminfo;
 use crate::results::{CellMetric, CellRecord};
@@ -11,8 +11,10 @@ use crate::workload::{
     CellProgress, KernelSession, KernelTarget, ReadyTimes, Workload, WorkloadError,
 };
 
-/// Code that prints `MemTotal` and `MemAvailable` in KiB, used when the suite has no
-/// [`MEMINFO_CELL`].
+/// Code that prints `MemTotal` and `MemAvailable` in KiB, as
+/// [`MeminfoTotals::parse_cell_answer`] reads them. The harness runs its own code instead of the
+/// suite's `proc_meminfo` cell, whose answer is worded for people (`MemTotal 24105 MiB, ...`)
+/// and may be changed by any suite file.
 const MEMINFO_CODE: &str = "m = dict(l.split(':', 1) for l in open('/proc/meminfo'))\n\
 print(m['MemTotal'].split()[0], m['MemAvailable'].split()[0])";
 
@@ -94,14 +96,9 @@ impl KernelSession for JupyterSession {
     }
 
     async fn guest_meminfo(&mut self) -> Result<GuestMeminfo, WorkloadError> {
-        let code = self
-            .suite
-            .cell(MEMINFO_CELL)
-            .map(|cell| cell.code.clone())
-            .unwrap_or_else(|| MEMINFO_CODE.to_owned());
         let outcome = self
             .client()?
-            .execute(&code, MEMINFO_TIMEOUT)
+            .execute(MEMINFO_CODE, MEMINFO_TIMEOUT)
             .await
             .map_err(|error| WorkloadError::Protocol(error.to_string()))?;
         let totals = MeminfoTotals::parse_cell_answer(outcome.answer()).ok_or_else(|| {
@@ -162,5 +159,29 @@ impl KernelSession for JupyterSession {
                 .map_err(|error| WorkloadError::Protocol(error.to_string())),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    #[test]
+    fn meminfo_code_output_parses() {
+        // The host's python3 runs the same code the harness sends to the Jupyter kernel.
+        let output = match Command::new("python3").args(["-c", MEMINFO_CODE]).output() {
+            Ok(output) => output,
+            Err(error) => {
+                eprintln!("skipped: python3 not found: {error}");
+                return;
+            }
+        };
+        assert!(output.status.success(), "{output:?}");
+        let answer = String::from_utf8_lossy(&output.stdout);
+        let totals = MeminfoTotals::parse_cell_answer(answer.trim()).unwrap();
+        assert!(totals.mem_total_bytes > 0);
+        assert!(totals.mem_available_bytes <= totals.mem_total_bytes);
     }
 }
