@@ -434,9 +434,9 @@ fn throughput(
     let (axis_title, reading) = if log {
         (
             "MB/s (10^6 bytes per second), log scale",
-            " The axis is logarithmic because the cells differ by orders of magnitude: each \
-             grid step is a factor, every bar starts at the axis start, and bars are compared \
-             by where they end.",
+            " The axis is logarithmic because the cells differ by orders of magnitude: equal \
+             distances along it are equal factors, every bar starts at the axis start, and \
+             bars are compared by where they end.",
         )
     } else {
         ("MB/s (10^6 bytes per second), linear scale", "")

@@ -379,8 +379,7 @@ fn row_chart<'a>(
 }
 
 /// Most tick labels that fit side by side under the axis, each as wide as the widest of the
-/// candidate labels plus a gap. Widths are estimated from the character count, as plotters
-/// does for SVG text.
+/// candidate labels plus a gap.
 fn max_tick_labels(scale: &Scale, axis: &Axis, row_labels: &[String]) -> usize {
     let plot_width = WIDTH - MARGIN_LEFT - MARGIN_RIGHT - label_area_width(row_labels);
     let candidates = scale.ticks(usize::MAX);
@@ -390,7 +389,7 @@ fn max_tick_labels(scale: &Scale, axis: &Axis, row_labels: &[String]) -> usize {
         .map(|position| (axis.format)(scale.value(*position)).chars().count() as u32)
         .max()
         .unwrap_or(4);
-    let label_width = widest * LABEL_SIZE * 6 / 10 + 24;
+    let label_width = text_width(widest, LABEL_SIZE) + 24;
     (plot_width / label_width) as usize
 }
 
@@ -445,7 +444,7 @@ fn draw_segment_label(
     let pixels = |position: f64| chart.backend_coord(&(position, row_centre(y))).0;
     let width = pixels(end) - pixels(start);
     let size = SEGMENT_LABEL_SIZE;
-    let text_width = (series.name.chars().count() as u32 * size * 6 / 10) as i32;
+    let text_width = text_width(series.name.chars().count() as u32, size) as i32;
     if width < text_width + 16 {
         return Ok(());
     }
@@ -524,20 +523,21 @@ fn draw_distribution_row(
     let centre = |x: f64| (scale.position(x), row_centre(y));
     let summary = row.summary;
 
-    // Range, then the band, then the dots, then the median and tail on top.
+    // Range, then the band, then the dots, then the median and tail on top. The band gets an
+    // outline in the row's colour, because its light fill alone fades on a projector.
     chart.draw_series(std::iter::once(PathElement::new(
         vec![centre(summary.range.0), centre(summary.range.1)],
-        row.colour.stroke_width(2),
+        row.colour.stroke_width(3),
     )))?;
-    let mut band = Rectangle::new(
-        [
-            (scale.position(summary.band.0), y as f64),
-            (scale.position(summary.band.1), (y + 1) as f64),
-        ],
-        row.colour.mix(0.35).filled(),
-    );
-    band.set_margin(12, 12, 0, 0);
-    chart.draw_series(std::iter::once(band))?;
+    let corners = [
+        (scale.position(summary.band.0), y as f64),
+        (scale.position(summary.band.1), (y + 1) as f64),
+    ];
+    for style in [row.colour.mix(0.45).filled(), row.colour.stroke_width(2)] {
+        let mut band = Rectangle::new(corners, style);
+        band.set_margin(12, 12, 0, 0);
+        chart.draw_series(std::iter::once(band))?;
+    }
     if row.values.len() <= MAX_DOTS {
         let dots = row.values.iter().enumerate().map(|(index, value)| {
             // Spread the dots over the strip's height in a fixed pattern so equal values stay
@@ -584,13 +584,20 @@ fn draw_legend(area: &Root<'_>, series: &[Series]) -> Result<(), DrawError> {
     Ok(())
 }
 
+/// Estimated width of `chars` characters of text at `size`, in pixels. plotters writes SVG text
+/// at about 0.8 of the size it is given, and a sans-serif character averages well under half of
+/// its font size, so half of `size` per character errs on the wide side.
+fn text_width(chars: u32, size: u32) -> u32 {
+    chars * size / 2
+}
+
 fn label_area_width(labels: &[String]) -> u32 {
     let longest = labels
         .iter()
         .map(|label| label.chars().count())
         .max()
         .unwrap_or(4) as u32;
-    (longest * LABEL_SIZE * 6 / 10 + 30).clamp(120, 560)
+    (text_width(longest, LABEL_SIZE) + 30).clamp(120, 560)
 }
 
 #[cfg(test)]
