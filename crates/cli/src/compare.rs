@@ -36,7 +36,7 @@ use isobench_vmm::emulated::{
 };
 use isobench_workload::Suite;
 
-use crate::flags::{create_direct_backend, BackendArg, TrialFlags};
+use crate::flags::{create_direct_backend, BackendArg, LimitArgs};
 use crate::interrupt::{kept_trials, planned_trials};
 
 /// Pause between ready and the idle memory sample.
@@ -65,15 +65,8 @@ pub struct CompareArgs {
     /// Warm-up trials per backend, run first and left out of every figure.
     #[arg(long, default_value_t = 1)]
     warmup: u32,
-    /// Cell suite file (TOML) to run instead of the embedded default suite.
-    #[arg(long, value_name = "FILE")]
-    suite: Option<PathBuf>,
-    /// vCPUs of the microVM and CPU limit of the container.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u32,
-    /// Guest RAM of the microVM and memory limit of the container, in MiB.
-    #[arg(long, default_value_t = 1024, value_name = "MIB")]
-    memory_mib: u32,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Folder for results.json, summary.csv, index.html and the SVG charts.
     /// Default: reports/<UTC timestamp>/ under the current folder.
     #[arg(long, value_name = "DIR")]
@@ -82,9 +75,6 @@ pub struct CompareArgs {
     /// microVM is skipped unless `emulated` is given.
     #[arg(long, value_enum)]
     microvm_host: Option<MicrovmHost>,
-    /// Time allowed from launch to a ready Jupyter kernel, in seconds.
-    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
-    ready_deadline: f64,
     /// Time allowed for one whole trial, launch to end of the suite, in seconds.
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
     trial_deadline: f64,
@@ -158,16 +148,7 @@ pub fn main(args: CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn resolve(args: CompareArgs) -> anyhow::Result<Settings> {
-    let limits = TrialFlags {
-        trials: args.trials,
-        vcpus: args.vcpus,
-        memory_mib: args.memory_mib,
-        memory_flag: "--memory-mib",
-        ready_deadline_s: args.ready_deadline,
-        trial_deadline_s: args.trial_deadline,
-        suite: args.suite.as_deref(),
-    }
-    .check()?;
+    let limits = args.limits.check(args.trials, args.trial_deadline)?;
     let requested = args.backends.map(|list| {
         let mut kinds: Vec<BackendKind> = Vec::new();
         for backend in list {
@@ -190,13 +171,13 @@ fn resolve(args: CompareArgs) -> anyhow::Result<Settings> {
         trials: args.trials,
         warmup: args.warmup,
         suite: limits.suite,
-        vcpus: args.vcpus,
-        memory_mib: args.memory_mib,
+        vcpus: args.limits.vcpus,
+        memory_mib: args.limits.memory_mib,
         out,
         microvm_host: args.microvm_host,
         ready_deadline: limits.ready_deadline,
         trial_deadline: limits.trial_deadline,
-        suite_path: args.suite,
+        suite_path: args.limits.suite,
         image_override: args.image_vmlinux.zip(args.image_rootfs_ext4),
         results_stdout: args.results_stdout,
     })

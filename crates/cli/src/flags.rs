@@ -1,7 +1,7 @@
 //! Flag checks and backend creation shared by `isobench run` and `isobench compare`, so both
 //! commands reject the same values with the same messages and create each backend alike.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,25 +39,25 @@ impl From<BackendArg> for BackendKind {
     }
 }
 
-/// Trial flags as given on the command line; `memory_flag` names the memory flag in messages.
-pub struct TrialFlags<'a> {
-    /// `--trials`.
-    pub trials: u32,
-    /// `--vcpus`.
+/// Flags that set each trial's limits, the same in `isobench run` and `isobench compare`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Cell suite file (TOML) to run instead of the embedded default suite.
+    #[arg(long, value_name = "FILE")]
+    pub suite: Option<PathBuf>,
+    /// vCPUs of the microVM and CPU limit of the container; the process backend ignores it.
+    #[arg(long, default_value_t = 1)]
     pub vcpus: u32,
-    /// The memory flag's value, in MiB.
+    /// Guest RAM of the microVM and memory limit of the container, in MiB; the process backend
+    /// ignores it.
+    #[arg(long, alias = "memory", default_value_t = 1024, value_name = "MIB")]
     pub memory_mib: u32,
-    /// The memory flag's name, such as `--memory-mib`.
-    pub memory_flag: &'a str,
-    /// `--ready-deadline`, in seconds.
-    pub ready_deadline_s: f64,
-    /// `--trial-deadline`, in seconds.
-    pub trial_deadline_s: f64,
-    /// `--suite`.
-    pub suite: Option<&'a Path>,
+    /// Time allowed from launch to a ready Jupyter kernel, in seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub ready_deadline: f64,
 }
 
-/// Trial settings checked and resolved from [`TrialFlags`].
+/// Trial settings checked and resolved from the command line.
 pub struct TrialLimits {
     /// Time allowed from launch to a ready Jupyter kernel.
     pub ready_deadline: Duration,
@@ -67,11 +67,11 @@ pub struct TrialLimits {
     pub suite: Suite,
 }
 
-impl TrialFlags<'_> {
-    /// Checks every value and loads the suite. Each error names the flag, its value and the
-    /// range it must be in.
-    pub fn check(&self) -> anyhow::Result<TrialLimits> {
-        if self.trials == 0 {
+impl LimitArgs {
+    /// Checks these flags with the command's `--trials` and `--trial-deadline` (in seconds),
+    /// and loads the suite. Each error names the flag, its value and the range it must be in.
+    pub fn check(&self, trials: u32, trial_deadline_s: f64) -> anyhow::Result<TrialLimits> {
+        if trials == 0 {
             anyhow::bail!("invalid --trials 0: run at least 1 measured trial per backend");
         }
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
@@ -79,21 +79,20 @@ impl TrialFlags<'_> {
         }
         if self.memory_mib < MIN_MEMORY_MIB {
             anyhow::bail!(
-                "invalid {} {}: the Jupyter kernel needs at least {MIN_MEMORY_MIB} MiB",
-                self.memory_flag,
+                "invalid --memory-mib {}: the Jupyter kernel needs at least {MIN_MEMORY_MIB} MiB",
                 self.memory_mib
             );
         }
-        let ready_deadline = seconds("--ready-deadline", self.ready_deadline_s)?;
-        let trial_deadline = seconds("--trial-deadline", self.trial_deadline_s)?;
+        let ready_deadline = seconds("--ready-deadline", self.ready_deadline)?;
+        let trial_deadline = seconds("--trial-deadline", trial_deadline_s)?;
         if trial_deadline < ready_deadline {
             anyhow::bail!(
-                "invalid --trial-deadline {}: it must be at least --ready-deadline {}",
-                self.trial_deadline_s,
-                self.ready_deadline_s
+                "invalid --trial-deadline {trial_deadline_s}: it must be at least \
+                 --ready-deadline {}",
+                self.ready_deadline
             );
         }
-        let suite = match self.suite {
+        let suite = match &self.suite {
             Some(path) => Suite::from_file(path)?,
             None => Suite::default_suite(),
         };
@@ -172,20 +171,17 @@ fn host_cgroup_version() -> &'static str {
 mod tests {
     use super::*;
 
-    fn flags() -> TrialFlags<'static> {
-        TrialFlags {
-            trials: 3,
+    fn limits() -> LimitArgs {
+        LimitArgs {
+            suite: None,
             vcpus: 1,
             memory_mib: 1024,
-            memory_flag: "--memory-mib",
-            ready_deadline_s: 60.0,
-            trial_deadline_s: 300.0,
-            suite: None,
+            ready_deadline: 60.0,
         }
     }
 
-    fn error(flags: TrialFlags<'_>) -> String {
-        match flags.check() {
+    fn error(limits: LimitArgs, trials: u32, trial_deadline_s: f64) -> String {
+        match limits.check(trials, trial_deadline_s) {
             Ok(_) => panic!("the flags were accepted"),
             Err(error) => error.to_string(),
         }
@@ -193,7 +189,7 @@ mod tests {
 
     #[test]
     fn valid_flags_resolve() {
-        let limits = flags().check().unwrap();
+        let limits = limits().check(3, 300.0).unwrap();
         assert_eq!(limits.ready_deadline, Duration::from_secs(60));
         assert_eq!(limits.trial_deadline, Duration::from_secs(300));
         assert_eq!(limits.suite.name, Suite::default_suite().name);
@@ -202,52 +198,48 @@ mod tests {
     #[test]
     fn invalid_values_name_their_flag() {
         let cases = [
+            (limits(), 0, 300.0, "invalid --trials 0"),
             (
-                TrialFlags {
-                    trials: 0,
-                    ..flags()
-                },
-                "invalid --trials 0",
-            ),
-            (
-                TrialFlags {
+                LimitArgs {
                     vcpus: 0,
-                    ..flags()
+                    ..limits()
                 },
+                3,
+                300.0,
                 "invalid --vcpus 0",
             ),
             (
-                TrialFlags {
+                LimitArgs {
                     vcpus: 33,
-                    ..flags()
+                    ..limits()
                 },
+                3,
+                300.0,
                 "invalid --vcpus 33",
             ),
             (
-                TrialFlags {
+                LimitArgs {
                     memory_mib: 16,
-                    memory_flag: "--memory",
-                    ..flags()
+                    ..limits()
                 },
-                "invalid --memory 16",
+                3,
+                300.0,
+                "invalid --memory-mib 16",
             ),
             (
-                TrialFlags {
-                    ready_deadline_s: f64::NAN,
-                    ..flags()
+                LimitArgs {
+                    ready_deadline: f64::NAN,
+                    ..limits()
                 },
+                3,
+                300.0,
                 "invalid --ready-deadline NaN",
             ),
-            (
-                TrialFlags {
-                    trial_deadline_s: 10.0,
-                    ..flags()
-                },
-                "invalid --trial-deadline 10",
-            ),
+            (limits(), 3, 10.0, "invalid --trial-deadline 10"),
+            (limits(), 3, -1.0, "invalid --trial-deadline -1"),
         ];
-        for (flags, expected) in cases {
-            let message = error(flags);
+        for (limits, trials, trial_deadline_s, expected) in cases {
+            let message = error(limits, trials, trial_deadline_s);
             assert!(message.starts_with(expected), "{message}");
         }
     }

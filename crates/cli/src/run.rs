@@ -25,7 +25,7 @@ use isobench_harness::trial::{TrialObserver, TrialSettings};
 use isobench_report::format::{format_mib, format_seconds};
 use isobench_workload::Suite;
 
-use crate::flags::{create_direct_backend, BackendArg, TrialFlags};
+use crate::flags::{create_direct_backend, BackendArg, LimitArgs};
 use crate::interrupt::kept_trials;
 
 /// Flags of `isobench run`.
@@ -40,22 +40,11 @@ pub struct RunArgs {
     /// Warm-up trials, run first and left out of every figure.
     #[arg(long, default_value_t = 1)]
     warmup: u32,
-    /// Cell suite file (TOML) to run instead of the embedded default suite.
-    #[arg(long, value_name = "FILE")]
-    suite: Option<PathBuf>,
-    /// Time allowed from launch to a ready Jupyter kernel, in seconds.
-    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
-    ready_deadline: f64,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Time allowed for one whole trial, launch to end of the suite, in seconds.
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
     trial_deadline: f64,
-    /// vCPUs of the microVM and CPU limit of the container; the process backend ignores it.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u32,
-    /// Guest RAM of the microVM and memory limit of the container, in MiB; the process
-    /// backend ignores it.
-    #[arg(long, alias = "memory", default_value_t = 1024, value_name = "MIB")]
-    memory_mib: u32,
     /// Also writes the results to this `results.json` file, rewritten after every trial.
     #[arg(long, value_name = "FILE")]
     results: Option<PathBuf>,
@@ -97,16 +86,7 @@ struct RunConfigResolved {
 }
 
 async fn resolve(args: &RunArgs) -> anyhow::Result<RunConfigResolved> {
-    let limits = TrialFlags {
-        trials: args.trials,
-        vcpus: args.vcpus,
-        memory_mib: args.memory_mib,
-        memory_flag: "--memory-mib",
-        ready_deadline_s: args.ready_deadline,
-        trial_deadline_s: args.trial_deadline,
-        suite: args.suite.as_deref(),
-    }
-    .check()?;
+    let limits = args.limits.check(args.trials, args.trial_deadline)?;
     let (backend, docker) = backend(args.backend).await?;
     let image = locate_image(backend.backend.kind())?;
     Ok(RunConfigResolved {
@@ -116,8 +96,8 @@ async fn resolve(args: &RunArgs) -> anyhow::Result<RunConfigResolved> {
         image,
         trials: args.trials,
         warmup: args.warmup,
-        vcpus: args.vcpus,
-        memory_mib: args.memory_mib,
+        vcpus: args.limits.vcpus,
+        memory_mib: args.limits.memory_mib,
         ready_deadline: limits.ready_deadline,
         trial_deadline: limits.trial_deadline,
         results_path: args.results.clone(),
