@@ -3,14 +3,13 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use isobench_harness::results::{Results, TrialOutcome};
 
-/// Serialises the end-to-end runs: each checks that no `process` backend kernel or mount is
-/// left, which a concurrent run's would fail.
+/// Serialises the end-to-end runs, which share the host's Docker engine and CPU.
 static END_TO_END: Mutex<()> = Mutex::new(());
 
 fn isobench() -> Command {
@@ -99,21 +98,23 @@ fn docker_ids(kind: &str, run_id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Processes whose root is a `process` backend trial folder, and mounts under such folders.
-fn process_backend_leftovers() -> Vec<String> {
+/// Processes whose root is a trial folder of the `process` backend run by the `isobench`
+/// process `pid`, and mounts under such folders. Trial folders are named
+/// `isobench-process-<run id>-t<trial>-...`, and the run id ends with the pid, so other runs on
+/// the same host are left out.
+fn process_backend_leftovers(pid: u32) -> Vec<String> {
+    let owned =
+        |path: &str| path.contains("isobench-process-") && path.contains(&format!("-{pid}-t"));
     let mut leftovers = Vec::new();
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for line in mountinfo
-        .lines()
-        .filter(|line| line.contains("isobench-process-"))
-    {
+    for line in mountinfo.lines().filter(|line| owned(line)) {
         leftovers.push(format!("mount: {line}"));
     }
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(root) = fs::read_link(entry.path().join("root")) else {
             continue;
         };
-        if root.to_string_lossy().contains("isobench-process-") {
+        if owned(&root.to_string_lossy()) {
             leftovers.push(format!(
                 "process {:?} rooted at {}",
                 entry.file_name(),
@@ -128,8 +129,37 @@ fn read_results(path: &Path) -> Option<Results> {
     path.exists().then(|| Results::read(path).ok()).flatten()
 }
 
+/// Polls `ready` until it returns a value, failing the test if the child exits first or
+/// nothing is ready within 300 s. The child is an `Option` so that an early exit can take it
+/// to collect its standard error.
+fn wait_running<T>(
+    child: &mut Option<Child>,
+    waiting_for: &str,
+    mut ready: impl FnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = ready() {
+            return value;
+        }
+        let running = child.as_mut().unwrap();
+        if let Some(status) = running.try_wait().unwrap() {
+            let output = child.take().unwrap().wait_with_output().unwrap();
+            panic!(
+                "compare exited early with {status}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{waiting_for} in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Sends SIGINT to the child, as Ctrl-C in its terminal would.
-fn interrupt(child: &std::process::Child) {
+fn interrupt(child: &Child) {
     // SAFETY: kill only sends a signal to the child this test spawned and still owns.
     let signalled = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     assert_eq!(signalled, 0, "SIGINT to isobench compare");
@@ -146,7 +176,7 @@ fn ctrl_c_in_warmup_keeps_no_trial() {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let directory = tempfile::tempdir().unwrap();
     let out = directory.path().join("report");
-    let mut child = isobench()
+    let child = isobench()
         .args(["compare", "--backends", "process,docker"])
         .args(["--trials", "2", "--warmup", "1"])
         .arg("--out")
@@ -157,21 +187,12 @@ fn ctrl_c_in_warmup_keeps_no_trial() {
         .unwrap();
 
     // The first warm-up has begun once its trial folder is mounted.
-    let started = Instant::now();
-    while process_backend_leftovers().is_empty() {
-        if let Some(status) = child.try_wait().unwrap() {
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "compare exited early with {status}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no warm-up started in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let pid = child.id();
+    let mut child = Some(child);
+    wait_running(&mut child, "no warm-up started", || {
+        (!process_backend_leftovers(pid).is_empty()).then_some(())
+    });
+    let child = child.unwrap();
     interrupt(&child);
 
     let output = child.wait_with_output().unwrap();
@@ -204,7 +225,7 @@ fn ctrl_c_in_warmup_keeps_no_trial() {
     let run_id = &results.run.run_id;
     assert_eq!(docker_ids("container", run_id), Vec::<String>::new());
     assert_eq!(docker_ids("network", run_id), Vec::<String>::new());
-    assert_eq!(process_backend_leftovers(), Vec::<String>::new());
+    assert_eq!(process_backend_leftovers(pid), Vec::<String>::new());
 }
 
 #[test]
@@ -219,7 +240,7 @@ fn ctrl_c_keeps_trials_and_leaves_nothing() {
     let directory = tempfile::tempdir().unwrap();
     let out = directory.path().join("report");
     let results_path = out.join("results.json");
-    let mut child = isobench()
+    let child = isobench()
         .args([
             "compare",
             "--backends",
@@ -237,26 +258,13 @@ fn ctrl_c_keeps_trials_and_leaves_nothing() {
         .unwrap();
 
     // Wait for two finished trials, then interrupt the third as Ctrl-C would.
-    let started = Instant::now();
-    let run_id = loop {
-        if let Some(results) = read_results(&results_path) {
-            if results.trials.len() >= 2 {
-                break results.run.run_id;
-            }
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "compare exited early with {status}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no trial finished in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let pid = child.id();
+    let mut child = Some(child);
+    let run_id = wait_running(&mut child, "no trial finished", || {
+        let results = read_results(&results_path)?;
+        (results.trials.len() >= 2).then_some(results.run.run_id)
+    });
+    let child = child.unwrap();
     std::thread::sleep(Duration::from_millis(700));
     interrupt(&child);
 
@@ -296,5 +304,5 @@ fn ctrl_c_keeps_trials_and_leaves_nothing() {
         Vec::<String>::new(),
         "networks left"
     );
-    assert_eq!(process_backend_leftovers(), Vec::<String>::new());
+    assert_eq!(process_backend_leftovers(pid), Vec::<String>::new());
 }
