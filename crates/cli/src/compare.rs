@@ -694,8 +694,8 @@ fn print_figures(results: &Results) {
     }
 }
 
-/// The backend's trial count and main figures on one line; `planned` is its measured trials
-/// in the plan, so an interrupted run shows how many of them completed.
+/// Formats the backend's trial count and main figures as one line. `planned` is its measured
+/// trials in the plan, so an interrupted run shows how many of them completed.
 fn headline(backend: &BackendSummary, planned: usize) -> String {
     let mut parts = vec![format!(
         "{:<8} {} of {planned} trials completed",

@@ -13,7 +13,7 @@ use crate::workload::{
 
 /// Code that prints `MemTotal` and `MemAvailable` in KiB, as
 /// [`MeminfoTotals::parse_cell_answer`] reads them. The harness runs its own code instead of the
-/// suite's `proc_meminfo` cell, whose answer is worded for people (`MemTotal 24105 MiB, ...`)
+/// suite's `proc_meminfo` cell, whose output is worded for people (`MemTotal 24105 MiB, ...`)
 /// and may be changed by any suite file.
 const MEMINFO_CODE: &str = "m = dict(l.split(':', 1) for l in open('/proc/meminfo'))\n\
 print(m['MemTotal'].split()[0], m['MemAvailable'].split()[0])";

@@ -224,8 +224,9 @@ fn metadata_table(results: &Results) -> String {
     html
 }
 
-/// The summary table. `planned` is the run's measured trials per backend, so a run stopped
-/// early shows how many of them completed; the emulated host runs fewer and shows its own count.
+/// Builds the summary table. `planned` is the run's measured trials per backend, so a run
+/// stopped early shows how many of them completed. The emulated host runs fewer trials and
+/// shows its own count.
 fn summary_table(summary: &RunSummary, planned: usize) -> String {
     let mut html = String::from(
         "<div class=\"table-wrap\"><table class=\"summary\"><thead><tr><th>Backend</th><th>Trials</th>\

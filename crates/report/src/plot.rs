@@ -153,8 +153,8 @@ type Root<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 type RowChart<'a> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<TickedCoord, TickedCoord>>;
 
 /// A linear coordinate with ticks chosen here in place of plotters' evenly spaced ones. The
-/// horizontal axis runs over [`Scale`] positions; the vertical one over rows, row `y` from `y`
-/// to `y + 1` with its label at `y + 0.5`.
+/// horizontal axis runs over [`Scale`] positions. The vertical one runs over rows: row `y`
+/// spans `y` to `y + 1`, with its label at `y + 0.5`.
 struct TickedCoord {
     positions: RangedCoordf64,
     major: Vec<f64>,
