@@ -31,9 +31,10 @@ const QEMU: &str = "qemu-system-x86_64";
 ///   `watchdog_thresh` of 10 s) panic, so a vCPU thread wedged inside the nested `KVM_RUN`
 ///   ends the run at once instead of at its timeout.
 /// - `kvm_amd.vgif=0` (passed to insmod by the init script) keeps KVM from using virtual GIF,
-///   which QEMU 7.2's TCG offers to the outer machine: KVM then intercepts STGI and CLGI
-///   itself. QEMU's virtual GIF emulation is a newer, rarely exercised path, and runs with it
-///   saw inner guests panic in interrupt entry.
+///   which QEMU 7.2's TCG offers besides nested paging, so KVM intercepts STGI and CLGI
+///   itself. NOTE: with virtual GIF on, one run of `tests/emulated_boot.rs` (single-threaded
+///   TCG) saw an inner guest panic in its page-fault entry, and with it off four runs saw no
+///   guest fault. That it caused the panic is a likely guess, not a proven cause.
 const OUTER_CMDLINE: &str = "console=ttyS0 panic=-1 softlockup_panic=1 kvm_amd.vgif=0 quiet";
 /// Console lines of the outer kernel that report a fault of its own.
 const KERNEL_FAULT_MARKERS: [&str; 5] = [
