@@ -120,6 +120,16 @@ fn emulation_title(title: &str, emulated: bool) -> String {
     }
 }
 
+/// Marks the title of a memory chart from the emulated host, whose figures are sizes rather
+/// than emulation times but still come from a different, emulated machine.
+fn emulated_memory_title(title: &str, emulated: bool) -> String {
+    if emulated {
+        format!("{title} (emulated host: not comparable)")
+    } else {
+        title.to_owned()
+    }
+}
+
 fn startup_phases(
     backends: &[&BackendSummary],
     id: String,
@@ -280,7 +290,7 @@ fn host_memory(
     let svg = plot::interval_bars(&id, &rows, &axis)?;
     Ok(Some(Chart {
         id,
-        title: emulation_title("Memory by definition, at idle after ready", emulated),
+        title: emulated_memory_title("Memory by definition, at idle after ready", emulated),
         svg,
         explanation: "Median over trials of each memory definition, with its 95% interval; the \
             definitions differ and are never added up. host_delta is what the whole host gave \
@@ -326,7 +336,7 @@ fn guest_view(
     let svg = plot::interval_bars(&id, &rows, &axis)?;
     Ok(Some(Chart {
         id,
-        title: emulation_title(
+        title: emulated_memory_title(
             "Memory as the workload sees it (/proc/meminfo inside)",
             emulated,
         ),
