@@ -14,9 +14,10 @@
 //! 2. [`EmulatedHost::run`] appends the files of one [`EmulatedRun`] (binaries with the shared
 //!    libraries `ldd` lists) to that initramfs, attaches its disks as virtio-blk devices,
 //!    boots QEMU without any network (`-nic none`) and waits for it to power off.
-//! 3. Inside, the init script loads the modules, checks `/dev/kvm`, runs the command with its
-//!    stdout and stderr on two virtio-serial ports and reports on a third one, the status port.
-//!    The outer machine's console (kernel log and init messages) goes to a fourth file.
+//! 3. Inside, the init script loads the modules with the `module.option=value` settings of the
+//!    outer kernel's command line, checks `/dev/kvm`, runs the command with its stdout and
+//!    stderr on two virtio-serial ports and reports on a third one, the status port. The outer
+//!    machine's console (kernel log and init messages) goes to a fourth file.
 //!
 //! Every duration measured here is an emulation timing: the outer machine runs under TCG, many
 //! times slower than hardware, so these figures must never be mixed with real measurements.
