@@ -118,6 +118,71 @@ fn second_build_reuses_cache() {
     );
 }
 
+#[test]
+fn rootfs_only_build_skips_kernel() {
+    let default = Cache::from_env().unwrap();
+    let hashes = RecipeHashes::embedded();
+    let rootfs = default.set_dir(ArtifactSet::Rootfs, &hashes.rootfs);
+    assert!(
+        default.is_complete(ArtifactSet::Rootfs, &hashes.rootfs),
+        "{} missing: run `isobench image build` first",
+        rootfs.display()
+    );
+    let cache = tempfile::Builder::new()
+        .prefix("isobench-cache-")
+        .tempdir_in(default.root())
+        .unwrap();
+    let copied = Command::new("cp")
+        .arg("-al")
+        .arg(&rootfs)
+        .arg(cache.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+
+    let output = isobench(
+        cache.path(),
+        &["image", "build", "--only", "rootfs", "--no-docker"],
+    )
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("guest kernel     not requested"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("root filesystem  cached"), "{stdout}");
+    let kernel = Cache::at(cache.path()).set_dir(ArtifactSet::Kernel, &hashes.kernel);
+    assert!(!kernel.exists(), "{} was built", kernel.display());
+
+    let output = isobench(cache.path(), &["image", "status", "--no-docker"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("the process and docker backends can run"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("--only kernel"), "{stdout}");
+    let status = status_json(cache.path());
+    assert_eq!(status["sets"][0]["complete"], false);
+    assert_eq!(status["sets"][1]["complete"], true);
+}
+
+#[test]
+fn only_rejects_unknown_set() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = isobench(cache.path(), &["image", "build", "--only", "initrd"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("invalid value 'initrd'"), "{stderr}");
+    assert!(stderr.contains("kernel, rootfs"), "{stderr}");
+}
+
 /// Kills the whole build (as Ctrl-C does) while it writes `rootfs.tar`.
 #[test]
 fn killed_build_is_not_complete() {
