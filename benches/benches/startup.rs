@@ -12,9 +12,9 @@
 //! One difference remains: criterion runs all trials of one backend before the next backend,
 //! while `isobench compare` interleaves the backends trial by trial.
 //!
-//! NOTE: on a loaded 2-core host, four alternating rounds gave a `docker` median 29% above
-//! compare's (40 trials each, Mann-Whitney p = 0.01) and a `process` median 9% above (p = 0.87).
-//! The cause of the `docker` gap is not known; `docs/benchmarks.md` has the figures.
+//! NOTE: on a loaded 2-core host single runs of this bench and of compare differed by up to 52%,
+//! and only six alternating rounds pooled came within 10% (`docs/benchmarks.md`). Agreement
+//! within a few percent has not been shown on a quiet host yet.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
