@@ -8,7 +8,14 @@ fn main() {
         println!("cargo:rerun-if-changed={path}");
     }
     let revision = git(&["rev-parse", "--short=12", "HEAD"]);
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+    // `git status` refreshes the index when it may, which would change the file watched
+    // above and make the next cargo call rebuild; --no-optional-locks stops that.
+    let dirty = git(&[
+        "--no-optional-locks",
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+    ])
         .map(|status| !status.is_empty())
         .unwrap_or(false);
     if let Some(revision) = revision {
