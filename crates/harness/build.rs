@@ -8,8 +8,8 @@ fn main() {
         println!("cargo:rerun-if-changed={path}");
     }
     let revision = git(&["rev-parse", "--short=12", "HEAD"]);
-    // `git status` refreshes the index when it may, which would change the file watched
-    // above and make the next cargo call rebuild; --no-optional-locks stops that.
+    // A plain `git status` may refresh the index, which is watched above, so the next cargo
+    // call would rebuild. With --no-optional-locks it leaves the index alone.
     let dirty = git(&[
         "--no-optional-locks",
         "status",
