@@ -12,9 +12,9 @@
 //! One difference remains: criterion runs all trials of one backend before the next backend,
 //! while `isobench compare` interleaves the backends trial by trial.
 //!
-//! NOTE: on a loaded 2-core host single runs of this bench and of compare differed by up to 52%,
-//! and only six alternating rounds pooled came within 10% (`docs/benchmarks.md`). Agreement
-//! within a few percent has not been shown on a quiet host yet.
+//! NOTE: on a loaded 2-core host single runs of this bench and of compare differed by up to 52%.
+//! At a load average under 2 two rounds agreed within 7% (`docs/benchmarks.md`), too few to
+//! claim agreement within a few percent.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
