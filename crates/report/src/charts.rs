@@ -192,12 +192,7 @@ fn startup_phases(
     } else {
         ""
     };
-    let svg = plot::stacked_bars(
-        &id,
-        &rows,
-        &series,
-        &seconds_axis("seconds after t0", false),
-    )?;
+    let svg = plot::stacked_bars(&id, &rows, &series, &seconds_axis("time after t0", false))?;
     Ok(Some(Chart {
         id,
         title: emulation_title("Startup phases: median duration of each phase", emulated),
@@ -242,11 +237,7 @@ fn startup_distribution(
     if rows.is_empty() {
         return Ok(None);
     }
-    let svg = plot::distributions(
-        &id,
-        &rows,
-        &seconds_axis("launch to ready (seconds)", false),
-    )?;
+    let svg = plot::distributions(&id, &rows, &seconds_axis("launch to ready", false))?;
     Ok(Some(Chart {
         id,
         title: emulation_title("Launch-to-ready time of every trial", emulated),
@@ -395,7 +386,7 @@ fn cell_latency(
     let svg = plot::distributions(
         &id,
         &rows,
-        &seconds_axis("cell wall time (seconds, log scale)", true),
+        &seconds_axis("cell wall time (log scale)", true),
     )?;
     Ok(Some(Chart {
         id,
@@ -517,11 +508,7 @@ pub fn hosts_chart(hosts: &[(String, &RunSummary)]) -> Result<Option<Chart>, Plo
         return Ok(None);
     }
     let id = "hosts-startup".to_owned();
-    let svg = plot::distributions(
-        &id,
-        &rows,
-        &seconds_axis("launch to ready (seconds)", false),
-    )?;
+    let svg = plot::distributions(&id, &rows, &seconds_axis("launch to ready", false))?;
     Ok(Some(Chart {
         id,
         title: "Launch-to-ready time on every host".into(),
