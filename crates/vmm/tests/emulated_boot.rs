@@ -22,7 +22,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use isobench_vmm::emulated::{
-    default_cache_dir, CarriedDisk, CarriedFile, EmulatedHost, EmulatedRun, KvmHost,
+    default_cache_dir, CarriedDisk, CarriedFile, EmulatedError, EmulatedHost, EmulatedOutput,
+    EmulatedRun, KvmHost,
 };
 use serde_json::Value;
 
@@ -308,11 +309,55 @@ fn locate_guest_image(cache: &Path) -> Option<GuestImage> {
     complete.then_some(image)
 }
 
+/// Runs `run` on `host`. In the emulated host a run that stopped making progress (timed out,
+/// or ended without an exit status) is started once more in a fresh emulated host, after
+/// printing what the first one collected.
+///
+/// NOTE: QEMU 7.2's TCG sometimes freezes the whole emulated host: once in a clean-checkout
+/// run it sat idle for over 20 minutes during the bzImage 2-vCPU case, with no timer firing
+/// inside it. One fresh start is the workaround; the cause was not found.
+fn run_host(host: &KvmHost, run: &EmulatedRun) -> EmulatedOutput {
+    let attempts = if host.is_emulated() { 2 } else { 1 };
+    for attempt in 1..=attempts {
+        match host.run(run) {
+            Ok(output) => return output,
+            Err(error) => {
+                if let Some(partial) = error.partial_output() {
+                    eprintln!("{}", String::from_utf8_lossy(&partial.console));
+                    eprintln!("{}", String::from_utf8_lossy(&partial.stderr));
+                }
+                let stalled = matches!(
+                    error,
+                    EmulatedError::TimedOut { .. } | EmulatedError::NoExitStatus { .. }
+                );
+                if !stalled || attempt == attempts {
+                    panic!("{error}");
+                }
+                eprintln!("emulated host run {attempt} failed: {error}; starting a fresh one");
+            }
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
 /// Runs the host script once and returns every case's results, or `None` when there is no
-/// guest image outside CI.
+/// guest image outside CI. A failed run fails every test with its message and is not run
+/// again: `OnceLock` would run a panicking initialiser once per test.
 fn host_run() -> Option<&'static HashMap<String, CaseResult>> {
-    static RESULTS: OnceLock<Option<HashMap<String, CaseResult>>> = OnceLock::new();
-    RESULTS.get_or_init(run_cases).as_ref()
+    static RESULTS: OnceLock<Result<Option<HashMap<String, CaseResult>>, String>> = OnceLock::new();
+    let results = RESULTS.get_or_init(|| {
+        std::panic::catch_unwind(run_cases).map_err(|payload| {
+            payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|text| text.to_string()))
+                .unwrap_or_else(|| "the host run panicked".to_owned())
+        })
+    });
+    match results {
+        Ok(results) => results.as_ref(),
+        Err(message) => panic!("host run failed: {message}"),
+    }
 }
 
 fn run_cases() -> Option<HashMap<String, CaseResult>> {
@@ -352,10 +397,11 @@ fn run_cases() -> Option<HashMap<String, CaseResult>> {
     )];
     run.vcpus = 2;
     run.memory_mib = 1536;
-    // The host script bounds each boot case at 590 s (probe 450 s, reboot wait 120 s, stop
-    // 20 s) and the SIGTERM case at 110 s, so a run that exceeds this has hung in the emulated
-    // host itself. A soft-locked outer kernel panics after 20 s and ends the run sooner.
-    run.timeout = Duration::from_secs(2700);
+    // Whole runs took 374 to 671 s on a 2-core host at load averages of 5 to 13, so a run
+    // past 1500 s has most likely frozen in the emulated host, and `run_host` starts a fresh
+    // one. The host script also bounds each boot case at 590 s (probe 450 s, reboot wait
+    // 120 s, stop 20 s). A soft-locked outer kernel panics after 20 s and ends the run sooner.
+    run.timeout = Duration::from_secs(1500);
 
     // The emulated host takes 5 to 20 minutes for these boots, so a plain `cargo test` runs
     // them only when ISOBENCH_EMULATED_TESTS=1 is set, as scripts/test (and so CI) sets it.
@@ -382,16 +428,7 @@ fn run_cases() -> Option<HashMap<String, CaseResult>> {
         Ok(other) => panic!("invalid ISOBENCH_KVM_HOST {other:?}: expected direct or emulated"),
         Err(_) => KvmHost::detect(&cache).unwrap_or_else(|error| panic!("{error}")),
     };
-    let output = match host.run(&run) {
-        Ok(output) => output,
-        Err(error) => {
-            if let Some(partial) = error.partial_output() {
-                eprintln!("{}", String::from_utf8_lossy(&partial.console));
-                eprintln!("{}", String::from_utf8_lossy(&partial.stderr));
-            }
-            panic!("{error}");
-        }
-    };
+    let output = run_host(&host, &run);
     eprintln!("{}", String::from_utf8_lossy(&output.stderr));
     print_outer_warnings(&output.console);
     assert_eq!(output.exit_status, 0, "host script failed");
