@@ -16,8 +16,8 @@ fn main() {
         "--porcelain",
         "--untracked-files=no",
     ])
-        .map(|status| !status.is_empty())
-        .unwrap_or(false);
+    .map(|status| !status.is_empty())
+    .unwrap_or(false);
     if let Some(revision) = revision {
         let suffix = if dirty { "-dirty" } else { "" };
         println!("cargo:rustc-env=ISOBENCH_GIT_REVISION={revision}{suffix}");
