@@ -67,6 +67,15 @@ pub struct TrialLimits {
     pub suite: Suite,
 }
 
+/// Returns the host's RAM in MiB (`MemTotal` in `/proc/meminfo`), or `None` when it cannot be
+/// read.
+fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 impl LimitArgs {
     /// Checks these flags with the command's `--trials` and `--trial-deadline` (in seconds),
     /// and loads the suite. Each error names the flag, its value and the range it must be in.
@@ -82,6 +91,14 @@ impl LimitArgs {
                 "invalid --memory-mib {}: the Jupyter kernel needs at least {MIN_MEMORY_MIB} MiB",
                 self.memory_mib
             );
+        }
+        if let Some(host_mib) = host_memory_mib() {
+            if u64::from(self.memory_mib) > host_mib {
+                anyhow::bail!(
+                    "invalid --memory-mib {}: this host has {host_mib} MiB of RAM; use at most that",
+                    self.memory_mib
+                );
+            }
         }
         let ready_deadline = seconds("--ready-deadline", self.ready_deadline)?;
         let trial_deadline = seconds("--trial-deadline", trial_deadline_s)?;
@@ -225,6 +242,15 @@ mod tests {
                 3,
                 300.0,
                 "invalid --memory-mib 16",
+            ),
+            (
+                LimitArgs {
+                    memory_mib: u32::MAX,
+                    ..limits()
+                },
+                3,
+                300.0,
+                "invalid --memory-mib 4294967295: this host has",
             ),
             (
                 LimitArgs {
