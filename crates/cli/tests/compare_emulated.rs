@@ -2,8 +2,8 @@
 //! emulated hardware-KVM host (QEMU TCG with nested SVM) beside the `process` backend.
 //!
 //! One such run takes minutes, so these tests run only when `ISOBENCH_EMULATED_TESTS=1` is set,
-//! as scripts/test sets it. Each run gets its own `TMPDIR`, so the tests can check that the
-//! emulated host's scratch folders are gone afterwards.
+//! which scripts/test does not do. Each run gets its own `TMPDIR`, so the tests can check that
+//! the emulated host's scratch folders are gone afterwards.
 
 use std::fs;
 use std::path::Path;

@@ -403,9 +403,8 @@ fn run_cases() -> Option<HashMap<String, CaseResult>> {
     // 120 s, stop 20 s). A soft-locked outer kernel panics after 20 s and ends the run sooner.
     run.timeout = Duration::from_secs(1500);
 
-    // The emulated host takes 5 to 20 minutes for these boots, so a plain `cargo test` runs
-    // them only when ISOBENCH_EMULATED_TESTS=1 is set, as scripts/test (and so CI) sets it.
-    // On hardware KVM they always run.
+    // The emulated host takes 5 to 20 minutes for these boots and sometimes freezes, so they
+    // run there only when ISOBENCH_EMULATED_TESTS=1 is set. On hardware KVM they always run.
     let hardware_kvm = std::fs::read_to_string("/proc/cpuinfo")
         .map(|info| {
             info.split_whitespace()
@@ -416,7 +415,7 @@ fn run_cases() -> Option<HashMap<String, CaseResult>> {
     if !hardware_kvm && !forced && std::env::var("ISOBENCH_EMULATED_TESTS").as_deref() != Ok("1") {
         eprintln!(
             "skipped: no hardware KVM here, and the emulated-host boots run only with \
-             ISOBENCH_EMULATED_TESTS=1 (scripts/test sets it)"
+             ISOBENCH_EMULATED_TESTS=1"
         );
         return None;
     }
