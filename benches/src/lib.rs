@@ -14,7 +14,7 @@ use criterion::{BenchmarkGroup, SamplingMode};
 use isobench_harness::backend::docker::{DockerBackend, DockerOptions};
 use isobench_harness::backend::microvm::MicrovmBackend;
 use isobench_harness::backend::process::ProcessBackend;
-use isobench_harness::backend::{Backend, BackendKind, GuestImagePaths, Instance};
+use isobench_harness::backend::{Backend, GuestImagePaths, Instance};
 use isobench_harness::backend::{BackendError, LaunchSpec};
 use isobench_harness::cancel::Cancel;
 use isobench_harness::host::{KvmFlavour, KvmInfo};
@@ -22,7 +22,7 @@ use isobench_harness::image;
 use isobench_harness::jupyter::JupyterWorkload;
 use isobench_harness::results::{ExecutionHost, TrialOutcome};
 use isobench_harness::trial::{run_trial, NoObserver, TrialSettings, TrialSlot};
-use isobench_workload::{ChannelPorts, ClientError, ConnectionInfo, KernelClient, Suite};
+use isobench_workload::{ClientError, ConnectionInfo, KernelClient, Suite};
 
 /// Measured trials per backend in `isobench compare` by default (`--trials 10`).
 pub const COMPARE_TRIALS: usize = 10;
@@ -225,13 +225,8 @@ impl LaunchedKernel {
         backend: &Arc<dyn Backend>,
         settings: &TrialSettings,
     ) -> Result<LaunchedKernel, LaunchError> {
-        let key = isobench_workload::connection::generate_key()
-            .map_err(|error| LaunchError::Parameters(error.to_string()))?;
-        let ports = match backend.kind() {
-            BackendKind::Process => ChannelPorts::pick_free_loopback()
-                .map_err(|error| LaunchError::Parameters(error.to_string()))?,
-            BackendKind::Microvm | BackendKind::Docker => ChannelPorts::GUEST_DEFAULT,
-        };
+        let (key, ports) = isobench_harness::trial::connection_parameters(backend.kind())
+            .map_err(LaunchError::Parameters)?;
         let spec = LaunchSpec {
             run_id: settings.run_id.clone(),
             trial: 0,

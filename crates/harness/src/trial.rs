@@ -410,9 +410,9 @@ async fn guard_step<T>(
     }
 }
 
-/// Picks the key and the ports: fixed guest ports behind their own network namespace, fresh
+/// Picks a trial's key and ports: fixed guest ports behind their own network namespace, fresh
 /// free loopback ports for the `process` baseline, which shares the host's.
-fn connection_parameters(kind: BackendKind) -> Result<(String, ChannelPorts), String> {
+pub fn connection_parameters(kind: BackendKind) -> Result<(String, ChannelPorts), String> {
     let key = isobench_workload::connection::generate_key()
         .map_err(|error| format!("failed to generate the signing key: {error}"))?;
     let ports = match kind {
