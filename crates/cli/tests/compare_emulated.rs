@@ -92,9 +92,9 @@ fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-// TODO: make the emulated microVM trial reliable and run this in scripts/test again. In a
-// clean-checkout run its trial failed 2 of 2 times at the suite step with a guest triple fault
-// (exit status 4) after the kernel was ready; other runs passed. Run it with `--ignored`.
+// TODO: make the emulated microVM trial reliable, then run this in scripts/test again. In one
+// clean-checkout run the trial failed 2 of 2 times at the suite step with a guest triple fault
+// (exit status 4) after the kernel was ready. Other runs passed.
 #[test]
 #[ignore = "the emulated microVM trial sometimes ends in a guest triple fault; run with --ignored"]
 fn emulated_trial_marked_and_unranked() {

@@ -163,9 +163,8 @@ fn startup_phases(
                     end: phase.start_median_s + median,
                 });
             } else if median >= MIN_DRAWN_PHASE_S {
-                // Phases whose median is below a millisecond would be invisible slivers with a
-                // legend entry each; they stay in results.json and in the table of every
-                // figure.
+                // A phase whose median is below a millisecond is left out of the chart, because
+                // it would be an invisible sliver. It stays in results.json and the figure table.
                 segments.push(Segment {
                     series: series_index(&phase.name, phase.name.clone()),
                     value: median,
