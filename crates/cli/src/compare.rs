@@ -357,7 +357,7 @@ fn prepare_image(selection: &Selection) -> anyhow::Result<GuestImagePaths> {
     let cache = Cache::from_env()?;
     match cache.locate_sets(&RecipeHashes::embedded(), &sets) {
         Ok(paths) => return Ok(paths),
-        Err(ImageError::NotBuilt { .. }) => {}
+        Err(ImageError::NotBuilt { .. } | ImageError::Damaged { .. }) => {}
         Err(error) => return Err(error.into()),
     }
     let names: Vec<&str> = sets.iter().map(|set| set.name()).collect();

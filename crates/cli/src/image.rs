@@ -9,7 +9,7 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use isobench_harness::image::{
     self, ArtifactSet, BuildProgress, Cache, DockerImageState, ImageError, ImportOutcome,
-    RecipeHashes, SetOutcome,
+    RecipeHashes, SetDamage, SetOutcome,
 };
 
 /// Subcommands of `isobench image`.
@@ -152,10 +152,10 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         out!("cache     {}", status.cache_dir.display());
         out!("image id  {}", status.image_id);
         for set in &status.sets {
-            let state = if set.complete {
-                "complete"
-            } else {
-                "not built"
+            let state = match (&set.damage, set.complete) {
+                (_, true) => "complete",
+                (Some(_), false) => "damaged",
+                (None, false) => "not built",
             };
             out!(
                 "{:<9} {}  {state}  {}",
@@ -163,6 +163,12 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 set.hash,
                 set.dir.display()
             );
+            if let Some(damage) = &set.damage {
+                out!(
+                    "  {damage}: run `isobench image build --only {}` to rebuild it",
+                    set.set
+                );
+            }
             for artifact in &set.artifacts {
                 let size = artifact
                     .size_bytes
@@ -192,6 +198,8 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "the process and docker backends can run; the microvm backend needs the guest \
                  kernel too: run `isobench image build --only kernel`"
             );
+        } else if status.sets.iter().any(|set| set.damage.is_some()) {
+            out!("run `isobench image build` to rebuild what is damaged or missing");
         } else if !status.complete {
             out!("run `isobench image build` to build what is missing");
         }
@@ -282,5 +290,17 @@ impl BuildProgress for TerminalProgress {
         self.with_spinner(set, |spinner| {
             spinner.abandon_with_message(format!("failed: {error}"))
         });
+    }
+
+    fn damaged(&self, set: ArtifactSet, damage: &SetDamage) {
+        let message = format!(
+            "isobench: the cached guest {} is damaged: {damage}; rebuilding it",
+            set.name()
+        );
+        if self.plain {
+            eprintln!("{message}");
+        } else {
+            self.bars.println(message).ok();
+        }
     }
 }

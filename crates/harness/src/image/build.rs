@@ -1,5 +1,7 @@
 //! Building the artifact sets: preflight checks, the recipe scripts as child processes, and the
-//! rename that makes a finished set visible.
+//! rename that makes a finished set visible. A damaged set is rebuilt under a temporary name and
+//! then swapped with the damaged folder in one `renameat2(RENAME_EXCHANGE)`, so the final name
+//! never points at a half-written set.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -7,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::backend::GuestImagePaths;
 use crate::image::cache::{Cache, Manifest, MANIFEST_FILE, TEMPORARY_PREFIX, WORK_PREFIX};
+use crate::image::check::{check_set, manifest_files, recorded_files, SetDamage, SetState};
 use crate::image::cleanup::{
     install_interrupt_handler, interrupted, remove_build_folder, ScriptGroup,
 };
@@ -62,6 +65,9 @@ pub trait BuildProgress: Sync {
     fn finished(&self, set: ArtifactSet, outcome: &SetOutcome);
     /// Reports that a set's build failed.
     fn failed(&self, set: ArtifactSet, error: &ImageError);
+    /// Reports that the cached set failed its check and will be rebuilt; called before
+    /// [`BuildProgress::started`].
+    fn damaged(&self, _set: ArtifactSet, _damage: &SetDamage) {}
 }
 
 /// Outcome of the build for one artifact set.
@@ -90,9 +96,9 @@ pub struct BuildSummary {
     pub rootfs: SetOutcome,
 }
 
-/// Builds every artifact set of the embedded recipes that the cache lacks, and returns the
-/// paths of the complete guest image. Sets already in the cache are left alone, so a second
-/// call with nothing changed only checks the cache.
+/// Builds every artifact set of the embedded recipes that the cache lacks or that fails its
+/// check, and returns the paths of the complete guest image. Complete sets are left alone, so a
+/// second call with nothing changed only checks the cache.
 ///
 /// While it builds, SIGINT and SIGTERM stop the build scripts, whose folders are then
 /// removed, and the call returns [`ImageError::Interrupted`].
@@ -112,11 +118,18 @@ pub fn build_sets(
         .into_iter()
         .filter(|set| sets.contains(set))
         .collect();
-    let missing: Vec<ArtifactSet> = requested
-        .iter()
-        .copied()
-        .filter(|set| !cache.is_complete(*set, hashes.of_set(*set)))
-        .collect();
+    let mut missing: Vec<ArtifactSet> = Vec::new();
+    let mut damages: Vec<(ArtifactSet, SetDamage)> = Vec::new();
+    for &set in &requested {
+        match cache.check(set, hashes.of_set(set)) {
+            SetState::Complete(_) => {}
+            SetState::Missing => missing.push(set),
+            SetState::Damaged(damage) => {
+                missing.push(set);
+                damages.push((set, damage));
+            }
+        }
+    }
 
     if !missing.is_empty() {
         preflight(cache, &missing)?;
@@ -131,6 +144,7 @@ pub fn build_sets(
                 let is_requested = requested.contains(&set);
                 let needed = missing.contains(&set);
                 let hash = hashes.of_set(set).to_string();
+                let damages = &damages;
                 scope.spawn(move || {
                     if !is_requested {
                         return Ok(SetOutcome::NotRequested);
@@ -138,6 +152,10 @@ pub fn build_sets(
                     if !needed {
                         progress.finished(set, &SetOutcome::Reused);
                         return Ok(SetOutcome::Reused);
+                    }
+                    if let Some((_, damage)) = damages.iter().find(|(owner, _)| *owner == set) {
+                        warn!(set = set.name(), %damage, "rebuilding a damaged artifact set");
+                        progress.damaged(set, damage);
                     }
                     progress.started(set, &hash);
                     let result = build_set(cache, set, &hash, set.recipe(), progress);
@@ -305,7 +323,7 @@ fn build_set(
         progress,
     )?;
 
-    for artifact in set.artifacts() {
+    for artifact in set.artifacts().iter().chain(recorded_files(set)) {
         if !folders.temporary.join(artifact).exists() {
             return Err(ImageError::BuildFailed {
                 set: set.name(),
@@ -316,16 +334,68 @@ fn build_set(
     }
     let seconds = started.elapsed().as_secs_f64();
     write_manifest(&folders.temporary, set, hash, recipe, seconds)?;
-
-    let final_dir = cache.set_dir(set, hash);
-    if final_dir.exists() {
-        // Another build of the same recipe finished first; its result is identical.
-        debug!(dir = %final_dir.display(), "artifact set appeared during the build");
-    } else {
-        std::fs::rename(&folders.temporary, &final_dir)
-            .map_err(ImageError::io("renaming", &folders.temporary))?;
+    if let SetState::Damaged(damage) = check_set(&folders.temporary, set, hash) {
+        return Err(ImageError::BuildFailed {
+            set: set.name(),
+            message: format!("the new build fails its own check: {damage}"),
+            log,
+        });
     }
+
+    install_set(&folders.temporary, &cache.set_dir(set, hash), set, hash)?;
     Ok(SetOutcome::Built { seconds })
+}
+
+/// Gives the finished build in `temporary` the final name `final_dir`. A complete set already
+/// there, from another build of the same recipe, is kept, because its contents are the same. A
+/// damaged one is swapped with the new build in one rename, and the damaged folder, now at the
+/// temporary name, is removed with the build's folders.
+fn install_set(
+    temporary: &Path,
+    final_dir: &Path,
+    set: ArtifactSet,
+    hash: &str,
+) -> Result<(), ImageError> {
+    match check_set(final_dir, set, hash) {
+        SetState::Missing => {
+            std::fs::rename(temporary, final_dir).map_err(ImageError::io("renaming", temporary))
+        }
+        SetState::Complete(_) => {
+            debug!(dir = %final_dir.display(), "artifact set appeared during the build");
+            Ok(())
+        }
+        SetState::Damaged(_) => {
+            exchange(temporary, final_dir).map_err(ImageError::io("replacing", final_dir))?;
+            info!(dir = %final_dir.display(), "replaced a damaged artifact set");
+            Ok(())
+        }
+    }
+}
+
+/// Swaps the names of `first` and `second` atomically (`renameat2` with `RENAME_EXCHANGE`,
+/// Linux 3.15 and later). Both must exist on the same file system.
+fn exchange(first: &Path, second: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = |path: &Path| {
+        std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (first, second) = (c_path(first)?, c_path(second)?);
+    // SAFETY: both paths are NUL-terminated strings that outlive the call, and AT_FDCWD makes
+    // them relative to the working folder like rename(2).
+    let result = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            first.as_ptr(),
+            libc::AT_FDCWD,
+            second.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Writes the embedded recipe files under `dir`, scripts executable.
@@ -361,6 +431,7 @@ fn write_manifest(
             .map(|elapsed| elapsed.as_secs())
             .unwrap_or(0),
         build_seconds: seconds,
+        files: manifest_files(dir, set)?,
     };
     let path = dir.join(MANIFEST_FILE);
     let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
@@ -440,6 +511,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::image::check::write_test_set;
 
     /// Records progress calls as text.
     #[derive(Default)]
@@ -603,11 +675,7 @@ mod tests {
         let cache = Cache::at(temporary.path());
         let hashes = RecipeHashes::embedded();
         let rootfs = cache.set_dir(ArtifactSet::Rootfs, &hashes.rootfs);
-        std::fs::create_dir_all(&rootfs).unwrap();
-        for artifact in ArtifactSet::Rootfs.artifacts() {
-            std::fs::write(rootfs.join(artifact), b"x").unwrap();
-        }
-        std::fs::write(rootfs.join(MANIFEST_FILE), b"{}").unwrap();
+        write_test_set(&rootfs, ArtifactSet::Rootfs, &hashes.rootfs);
 
         let recorder = Recorder::default();
         let summary = build_sets(&cache, &[ArtifactSet::Rootfs], &recorder).unwrap();
@@ -625,6 +693,108 @@ mod tests {
             matches!(error, ImageError::NotBuilt { set: "kernel", .. }),
             "{error}"
         );
+    }
+
+    /// Writes a kernel set whose manifest is valid but whose `vmlinux` is empty.
+    fn damaged_kernel(cache: &Cache, hash: &str) -> PathBuf {
+        let dir = cache.set_dir(ArtifactSet::Kernel, hash);
+        write_test_set(&dir, ArtifactSet::Kernel, hash);
+        std::fs::write(dir.join("vmlinux"), b"").unwrap();
+        std::fs::write(dir.join("left-by-hand"), b"x").unwrap();
+        dir
+    }
+
+    #[test]
+    fn damaged_set_is_replaced() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path());
+        let dir = damaged_kernel(&cache, "h6");
+        assert!(matches!(
+            cache.check(ArtifactSet::Kernel, "h6"),
+            SetState::Damaged(_)
+        ));
+
+        let recipe = script(WRITES_KERNEL);
+        let outcome = build_set(
+            &cache,
+            ArtifactSet::Kernel,
+            "h6",
+            &recipe,
+            &Recorder::default(),
+        )
+        .unwrap();
+        assert!(matches!(outcome, SetOutcome::Built { .. }));
+        assert!(cache.is_complete(ArtifactSet::Kernel, "h6"));
+        assert_eq!(std::fs::read(dir.join("vmlinux")).unwrap(), b"vmlinux\n");
+        assert!(!dir.join("left-by-hand").exists());
+        assert!(cache.unfinished_builds().is_empty());
+    }
+
+    #[test]
+    fn damaged_link_target_is_kept() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path().join("cache"));
+        // The set's final name is a link to a damaged set outside the cache.
+        let outside = Cache::at(temporary.path().join("outside"));
+        let target = damaged_kernel(&outside, "h7");
+        std::fs::create_dir_all(cache.root()).unwrap();
+        let link = cache.set_dir(ArtifactSet::Kernel, "h7");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        let recipe = script(WRITES_KERNEL);
+        build_set(
+            &cache,
+            ArtifactSet::Kernel,
+            "h7",
+            &recipe,
+            &Recorder::default(),
+        )
+        .unwrap();
+        assert!(cache.is_complete(ArtifactSet::Kernel, "h7"));
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_dir());
+        assert!(target.join("left-by-hand").exists());
+        assert!(target.join("vmlinux").exists());
+        assert!(cache.unfinished_builds().is_empty());
+    }
+
+    #[test]
+    fn complete_set_from_other_build_is_kept() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path());
+        let dir = cache.set_dir(ArtifactSet::Kernel, "h8");
+        write_test_set(&dir, ArtifactSet::Kernel, "h8");
+        let before = std::fs::read(dir.join("vmlinux")).unwrap();
+
+        let recipe = script(WRITES_KERNEL);
+        build_set(
+            &cache,
+            ArtifactSet::Kernel,
+            "h8",
+            &recipe,
+            &Recorder::default(),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(dir.join("vmlinux")).unwrap(), before);
+        assert!(cache.unfinished_builds().is_empty());
+    }
+
+    #[test]
+    fn empty_artifact_fails_build() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path());
+        let recipe =
+            script(r#"mkdir -p "$1"; : >"$1/vmlinux"; echo x >"$1/bzImage"; echo x >"$1/config""#);
+        let error = build_set(
+            &cache,
+            ArtifactSet::Kernel,
+            "h9",
+            &recipe,
+            &Recorder::default(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("vmlinux is empty"), "{error}");
+        assert!(!cache.set_dir(ArtifactSet::Kernel, "h9").exists());
+        assert!(cache.unfinished_builds().is_empty());
     }
 
     #[test]

@@ -9,14 +9,17 @@
 //! <cache>/logs/<set>-<hash>.log       the last build's log
 //! ```
 //!
-//! A folder with its final name is complete: builds write under a temporary name and rename
-//! the folder only after every artifact and the manifest are in it.
+//! Builds write under a temporary name and rename the folder only after every artifact and the
+//! manifest are in it. Even so, a full disk, a file removed by hand or a copy that stopped
+//! midway can leave a folder with its final name that is not whole. Such a folder counts as
+//! complete only when it passes the checks against its manifest in [`Cache::check`].
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::GuestImagePaths;
+use crate::image::check::{check_set, SetState};
 use crate::image::recipe::{ArtifactSet, RecipeHashes};
 use crate::image::ImageError;
 
@@ -77,16 +80,16 @@ impl Cache {
             .join(format!("{}-{hash}.log", set.name()))
     }
 
-    /// Returns whether the artifact set with hash `hash` is complete: its folder has its final
-    /// name and contains every artifact and the manifest.
+    /// Checks the artifact set with hash `hash`: missing, complete, or damaged with the first
+    /// file that is wrong. Reads the manifest, the size of every file it lists and the SHA-256
+    /// of the small ones.
+    pub fn check(&self, set: ArtifactSet, hash: &str) -> SetState {
+        check_set(&self.set_dir(set, hash), set, hash)
+    }
+
+    /// Returns whether the artifact set with hash `hash` passes [`Cache::check`].
     pub fn is_complete(&self, set: ArtifactSet, hash: &str) -> bool {
-        let dir = self.set_dir(set, hash);
-        dir.is_dir()
-            && dir.join(MANIFEST_FILE).is_file()
-            && set
-                .artifacts()
-                .iter()
-                .all(|artifact| dir.join(artifact).exists())
+        self.check(set, hash).is_complete()
     }
 
     /// Folders of builds that did not finish (interrupted or still running), for any hash.
@@ -121,11 +124,20 @@ impl Cache {
     ) -> Result<GuestImagePaths, ImageError> {
         for &set in required {
             let hash = hashes.of_set(set);
-            if !self.is_complete(set, hash) {
-                return Err(ImageError::NotBuilt {
-                    set: set.name(),
-                    dir: self.set_dir(set, hash),
-                });
+            match self.check(set, hash) {
+                SetState::Complete(_) => {}
+                SetState::Missing => {
+                    return Err(ImageError::NotBuilt {
+                        set: set.name(),
+                        dir: self.set_dir(set, hash),
+                    })
+                }
+                SetState::Damaged(damage) => {
+                    return Err(ImageError::Damaged {
+                        set: set.name(),
+                        damage,
+                    })
+                }
             }
         }
         let kernel = self.set_dir(ArtifactSet::Kernel, &hashes.kernel);
@@ -167,10 +179,27 @@ pub struct Manifest {
     pub built_at_unix: u64,
     /// Wall time of the build, in seconds.
     pub build_seconds: f64,
+    /// Files whose size and hash a check compares. Empty in manifests written before sizes
+    /// were recorded.
+    #[serde(default)]
+    pub files: Vec<ManifestFile>,
+}
+
+/// One file a manifest records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Path relative to the set's folder, with `/` separators.
+    pub path: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// SHA-256 of the contents as hex, recorded for files up to
+    /// [`HASHED_MAX_BYTES`](crate::image::HASHED_MAX_BYTES).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl Manifest {
-    /// Reads the manifest of the artifact set in `dir`.
+    /// Reads the manifest of the artifact set in `dir`; `None` when it is missing or invalid.
     pub fn read(dir: &Path) -> Option<Manifest> {
         let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).ok()?;
         serde_json::from_str(&text).ok()
@@ -183,11 +212,7 @@ mod tests {
 
     fn fill(cache: &Cache, set: ArtifactSet, hash: &str) -> PathBuf {
         let dir = cache.set_dir(set, hash);
-        std::fs::create_dir_all(&dir).unwrap();
-        for artifact in set.artifacts() {
-            std::fs::write(dir.join(artifact), b"x").unwrap();
-        }
-        std::fs::write(dir.join(MANIFEST_FILE), b"{}").unwrap();
+        crate::image::check::write_test_set(&dir, set, hash);
         dir
     }
 
@@ -222,6 +247,26 @@ mod tests {
         std::fs::rename(&dir, &unfinished).unwrap();
         assert!(!cache.is_complete(ArtifactSet::Kernel, "abc"));
         assert_eq!(cache.unfinished_builds(), vec![unfinished]);
+    }
+
+    #[test]
+    fn locate_names_damaged_file() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path());
+        let hashes = RecipeHashes::embedded();
+        let kernel = fill(&cache, ArtifactSet::Kernel, &hashes.kernel);
+        fill(&cache, ArtifactSet::Rootfs, &hashes.rootfs);
+        std::fs::write(kernel.join("vmlinux"), b"").unwrap();
+
+        let error = cache.locate(&hashes).unwrap_err();
+        let ImageError::Damaged { set, damage } = &error else {
+            panic!("expected a damaged set, got {error}");
+        };
+        assert_eq!(*set, "kernel");
+        assert_eq!(damage.path, kernel.join("vmlinux"));
+        let message = error.to_string();
+        assert!(message.contains("vmlinux is empty"), "{message}");
+        assert!(message.contains("run `isobench image build"), "{message}");
     }
 
     #[test]

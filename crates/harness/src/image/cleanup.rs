@@ -10,9 +10,16 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use tracing::warn;
 
 /// Detaches every mount below `dir`, deepest first, then removes `dir`. Leaves `dir` in place
-/// when a mount cannot be detached.
+/// when a mount cannot be detached. A file or symbolic link at `dir` is removed itself, and a
+/// link's target is never touched.
 pub(crate) fn remove_build_folder(dir: &Path) {
-    if !dir.exists() {
+    let Ok(metadata) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !metadata.is_dir() {
+        if let Err(error) = std::fs::remove_file(dir) {
+            warn!(path = %dir.display(), %error, "cannot remove a build's leftover file");
+        }
         return;
     }
     let mut mounts = mounts_below(dir);
@@ -181,6 +188,25 @@ mod tests {
         remove_build_folder(&dir);
         assert!(mounts_below(&dir).is_empty());
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn remove_build_folder_keeps_link_target() {
+        let temporary = tempfile::tempdir().unwrap();
+        let outside = temporary.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"x").unwrap();
+        let link = temporary.path().join("build");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+
+        remove_build_folder(&link);
+        assert!(std::fs::symlink_metadata(&link).is_err());
+        assert!(outside.join("keep").exists());
+
+        let file = temporary.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        remove_build_folder(&file);
+        assert!(!file.exists());
     }
 
     #[test]

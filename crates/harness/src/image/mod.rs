@@ -2,14 +2,16 @@
 //! `guest-images/` and cached by the hash of those recipes.
 //!
 //! Backends call [`locate`] for the paths of the built image, or [`locate_rootfs`] when they
-//! use no guest kernel. `isobench image build` calls [`build`] or [`build_sets`], which run
-//! each missing artifact set's `build.sh` as a child process. [`ArtifactSet::required_by`]
+//! use no guest kernel. Both accept a cached set only when [`Cache::check`] finds it complete.
+//! `isobench image build` calls [`build`] or [`build_sets`], which run the `build.sh` of each
+//! artifact set that is missing or damaged as a child process. [`ArtifactSet::required_by`]
 //! names the sets that a run of given backends needs. Two sets build in parallel, because the
 //! kernel is CPU-bound and the root filesystem mostly waits on the Debian archive. Then [`import_docker_image`] streams `rootfs.tar` into the
 //! Docker engine under the tag derived from the image id.
 
 mod build;
 mod cache;
+mod check;
 mod cleanup;
 mod docker;
 mod recipe;
@@ -20,7 +22,10 @@ use std::path::PathBuf;
 pub use build::{
     build, build_sets, find_program, BuildProgress, BuildSummary, SetOutcome, BUILD_TOOLS,
 };
-pub use cache::{locate, locate_rootfs, Cache, Manifest, CACHE_DIR_ENV, MANIFEST_FILE};
+pub use cache::{
+    locate, locate_rootfs, Cache, Manifest, ManifestFile, CACHE_DIR_ENV, MANIFEST_FILE,
+};
+pub use check::{SetDamage, SetState, HASHED_MAX_BYTES};
 pub use docker::{docker_image_state, import_docker_image, DockerImageState, ImportOutcome};
 pub use recipe::{
     hash_recipe, image_id, ArtifactSet, RecipeFile, RecipeHashes, HASH_HEX_DIGITS, KERNEL_RECIPE,
@@ -42,6 +47,19 @@ pub enum ImageError {
         set: &'static str,
         /// Folder the complete set would have.
         dir: PathBuf,
+    },
+
+    /// An artifact set of the guest image is in the cache but fails the check against its
+    /// manifest.
+    #[error(
+        "the cached guest {set} is damaged: {damage}; run `isobench image build --only {set}` \
+         to rebuild it"
+    )]
+    Damaged {
+        /// `kernel` or `rootfs`.
+        set: &'static str,
+        /// The first file that is wrong.
+        damage: SetDamage,
     },
 
     /// Building needs root: mmdebstrap, chroot and file ownership in the tree.

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::cache::{Cache, Manifest};
+use crate::image::cache::Cache;
+use crate::image::check::{SetDamage, SetState};
 use crate::image::docker::DockerImageState;
 use crate::image::recipe::{ArtifactSet, RecipeHashes};
 
@@ -37,13 +38,15 @@ pub struct SetStatus {
     pub hash: String,
     /// Folder the complete set has.
     pub dir: PathBuf,
-    /// Whether the set is complete.
+    /// Whether the set is complete: its folder passes the check against its manifest.
     pub complete: bool,
+    /// The first file that failed the check, when the folder exists but is not complete.
+    pub damage: Option<SetDamage>,
     /// Wall time of its build, in seconds, from its manifest.
     pub build_seconds: Option<f64>,
     /// Seconds since the Unix epoch when its build finished, from its manifest.
     pub built_at_unix: Option<u64>,
-    /// Its artifacts; sizes only for a complete set.
+    /// Its artifacts; sizes for those present in the set's folder.
     pub artifacts: Vec<ArtifactStatus>,
 }
 
@@ -78,14 +81,16 @@ pub fn status(cache: &Cache, hashes: &RecipeHashes) -> ImageStatus {
 
 fn set_status(cache: &Cache, set: ArtifactSet, hash: &str) -> SetStatus {
     let dir = cache.set_dir(set, hash);
-    let complete = cache.is_complete(set, hash);
-    let manifest = if complete { Manifest::read(&dir) } else { None };
+    let state = cache.check(set, hash);
     let artifacts = set
         .artifacts()
         .iter()
         .map(|name| {
             let path = dir.join(name);
-            let size_bytes = if complete { size_of(&path) } else { None };
+            let size_bytes = match state {
+                SetState::Missing => None,
+                SetState::Complete(_) | SetState::Damaged(_) => size_of(&path),
+            };
             ArtifactStatus {
                 name: name.to_string(),
                 path,
@@ -93,11 +98,17 @@ fn set_status(cache: &Cache, set: ArtifactSet, hash: &str) -> SetStatus {
             }
         })
         .collect();
+    let (manifest, damage) = match state {
+        SetState::Missing => (None, None),
+        SetState::Complete(manifest) => (Some(manifest), None),
+        SetState::Damaged(damage) => (None, Some(damage)),
+    };
     SetStatus {
         set: set.name().to_string(),
         hash: hash.to_string(),
         dir,
-        complete,
+        complete: manifest.is_some(),
+        damage,
         build_seconds: manifest.as_ref().map(|manifest| manifest.build_seconds),
         built_at_unix: manifest.as_ref().map(|manifest| manifest.built_at_unix),
         artifacts,
@@ -135,6 +146,7 @@ fn size_of(path: &Path) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::image::cache::MANIFEST_FILE;
+    use crate::image::check::write_test_set;
 
     #[test]
     fn status_of_empty_cache() {
@@ -166,6 +178,29 @@ mod tests {
         let status = status(&cache, &hashes);
         assert!(!status.sets[1].complete);
         assert_eq!(status.unfinished_builds, vec![unfinished]);
+    }
+
+    #[test]
+    fn status_names_damaged_file() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path());
+        let hashes = RecipeHashes::embedded();
+        let kernel = cache.set_dir(ArtifactSet::Kernel, &hashes.kernel);
+        write_test_set(&kernel, ArtifactSet::Kernel, &hashes.kernel);
+        let rootfs = cache.set_dir(ArtifactSet::Rootfs, &hashes.rootfs);
+        write_test_set(&rootfs, ArtifactSet::Rootfs, &hashes.rootfs);
+        assert!(status(&cache, &hashes).complete);
+
+        std::fs::write(kernel.join("vmlinux"), b"").unwrap();
+        std::fs::write(rootfs.join(MANIFEST_FILE), b"{").unwrap();
+        let status = status(&cache, &hashes);
+        assert!(!status.complete);
+        let kernel_damage = status.sets[0].damage.as_ref().expect("kernel is damaged");
+        assert_eq!(kernel_damage.path, kernel.join("vmlinux"));
+        assert_eq!(status.sets[0].artifacts[0].size_bytes, Some(0));
+        let rootfs_damage = status.sets[1].damage.as_ref().expect("rootfs is damaged");
+        assert_eq!(rootfs_damage.path, rootfs.join(MANIFEST_FILE));
+        assert!(!status.sets[1].complete);
     }
 
     #[test]
