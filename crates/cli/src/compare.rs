@@ -36,7 +36,7 @@ use isobench_vmm::emulated::{
 };
 use isobench_workload::Suite;
 
-use crate::flags::{create_direct_backend, BackendArg, LimitArgs};
+use crate::flags::{check_out_dir, create_direct_backend, BackendArg, LimitArgs};
 use crate::interrupt::{kept_trials, planned_trials};
 
 /// Pause between ready and the idle memory sample.
@@ -60,10 +60,10 @@ pub struct CompareArgs {
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     backends: Option<Vec<BackendArg>>,
     /// Measured trials per backend.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10)]
     trials: u32,
     /// Warm-up trials per backend, run first and left out of every figure.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     warmup: u32,
     #[command(flatten)]
     limits: LimitArgs,
@@ -76,7 +76,7 @@ pub struct CompareArgs {
     #[arg(long, value_enum)]
     microvm_host: Option<MicrovmHost>,
     /// Time allowed for one whole trial, launch to end of the suite, in seconds.
-    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 300.0, value_name = "SECONDS")]
     trial_deadline: f64,
     /// Guest kernel to boot instead of the cached guest image's; the emulated host's inner run
     /// uses it, with `--image-rootfs-ext4`.
@@ -148,7 +148,7 @@ pub fn main(args: CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn resolve(args: CompareArgs) -> anyhow::Result<Settings> {
-    let limits = args.limits.check(args.trials, args.trial_deadline)?;
+    let limits = args.limits.check(args.trials, args.warmup, args.trial_deadline)?;
     let requested = args.backends.map(|list| {
         let mut kinds: Vec<BackendKind> = Vec::new();
         for backend in list {
@@ -159,13 +159,19 @@ fn resolve(args: CompareArgs) -> anyhow::Result<Settings> {
         }
         kinds
     });
-    let out = args.out.unwrap_or_else(default_out_dir);
-    if out.join("results.json").exists() {
-        anyhow::bail!(
-            "{} already has a results.json: choose another --out folder or remove it",
-            out.display()
-        );
-    }
+    // The folder is checked here, before the backends are probed and the guest image is built,
+    // so a bad --out fails within a second instead of after minutes.
+    let out = match args.out {
+        Some(out) => {
+            check_out_dir("--out", &out, false)?;
+            out
+        }
+        None => {
+            let out = default_out_dir();
+            check_out_dir("--out", &out, true)?;
+            out
+        }
+    };
     Ok(Settings {
         requested,
         trials: args.trials,

@@ -25,7 +25,7 @@ use isobench_harness::trial::{TrialObserver, TrialSettings};
 use isobench_report::format::{format_mib, format_seconds};
 use isobench_workload::Suite;
 
-use crate::flags::{create_direct_backend, BackendArg, LimitArgs};
+use crate::flags::{check_new_file, create_direct_backend, BackendArg, LimitArgs};
 use crate::interrupt::kept_trials;
 
 /// Flags of `isobench run`.
@@ -35,15 +35,20 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     backend: BackendArg,
     /// Measured trials.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3)]
     trials: u32,
     /// Warm-up trials, run first and left out of every figure.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     warmup: u32,
     #[command(flatten)]
     limits: LimitArgs,
     /// Time allowed for one whole trial, launch to end of the suite, in seconds.
-    #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 600.0,
+        value_name = "SECONDS"
+    )]
     trial_deadline: f64,
     /// Also writes the results to this `results.json` file, rewritten after every trial.
     #[arg(long, value_name = "FILE")]
@@ -86,7 +91,12 @@ struct RunConfigResolved {
 }
 
 async fn resolve(args: &RunArgs) -> anyhow::Result<RunConfigResolved> {
-    let limits = args.limits.check(args.trials, args.trial_deadline)?;
+    let limits = args
+        .limits
+        .check(args.trials, args.warmup, args.trial_deadline)?;
+    if let Some(results) = &args.results {
+        check_new_file("--results", results)?;
+    }
     let (backend, docker) = backend(args.backend).await?;
     let image = locate_image(backend.backend.kind())?;
     Ok(RunConfigResolved {

@@ -2,18 +2,23 @@
 //! replies to `kernel_info_request` from the host side of the TAP link, prints the phase timings
 //! and shuts the microVM down.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use isobench_harness::backend::microvm::{GuestKernel, MicrovmBackend};
-use isobench_harness::backend::{Backend, BackendKind, ChannelPorts, LaunchSpec, PhaseMark};
+use isobench_harness::backend::{
+    Backend, BackendKind, ChannelPorts, GuestImagePaths, LaunchSpec, PhaseMark,
+};
 use isobench_harness::host::{KvmFlavour, KvmInfo};
 use isobench_harness::image;
 use isobench_harness::phases::phase_name;
 use isobench_vmm::emulated::{default_cache_dir, EmulatedHost, EmulatedRun, ProgramArg};
 use isobench_workload::connection::generate_key;
 use isobench_workload::{ConnectionInfo, KernelClient};
+
+use crate::flags::{check_memory_mib, check_seconds};
 
 /// Subcommands of `isobench vm`.
 #[derive(clap::Subcommand)]
@@ -52,14 +57,31 @@ pub struct BootArgs {
     #[arg(long, value_enum, default_value = "vmlinux")]
     kernel: KernelArg,
     /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     vcpus: u32,
     /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 1024,
+        value_name = "MIB"
+    )]
     memory: u32,
     /// Time allowed from launch to a ready Jupyter kernel, in seconds.
-    #[arg(long, default_value_t = 120.0, value_name = "SECONDS")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 120.0,
+        value_name = "SECONDS"
+    )]
     ready_deadline: f64,
+    /// Guest kernel file to boot instead of the cached guest image's; the emulated host's inner
+    /// run uses it, with `--image-rootfs-ext4`.
+    #[arg(long, hide = true, value_name = "FILE", requires = "image_rootfs_ext4")]
+    image_kernel: Option<PathBuf>,
+    /// Root disk to boot instead of the cached guest image's.
+    #[arg(long, hide = true, value_name = "FILE", requires = "image_kernel")]
+    image_rootfs_ext4: Option<PathBuf>,
 }
 
 /// Runs `isobench vm`.
@@ -69,15 +91,19 @@ pub fn main(command: VmCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Checks the flags that both execution hosts pass on, before anything starts, and returns the
+/// ready deadline.
+fn check_flags(args: &BootArgs) -> anyhow::Result<Duration> {
+    // The same limits and messages as `run` and `compare`.
+    isobench_vmm::config::check_vcpus(args.vcpus)?;
+    check_memory_mib("--memory", args.memory)?;
+    check_seconds("--ready-deadline", args.ready_deadline)
+}
+
 fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
+    let ready_deadline = check_flags(&args)?;
     if args.host == VmHost::Emulated {
         return boot_emulated(&args);
-    }
-    if !(args.ready_deadline > 0.0 && args.ready_deadline.is_finite()) {
-        anyhow::bail!(
-            "--ready-deadline {} is invalid: pass a positive number of seconds",
-            args.ready_deadline
-        );
     }
     let kvm = KvmInfo::probe();
     match kvm.flavour {
@@ -92,8 +118,10 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         ),
         KvmFlavour::Hardware => {}
     }
-    let image =
-        image::locate().context("the guest image is not usable: run `isobench image build`")?;
+    let image = match (&args.image_kernel, &args.image_rootfs_ext4) {
+        (Some(kernel), Some(rootfs_ext4)) => provided_image(kernel, rootfs_ext4),
+        _ => image::locate()?,
+    };
     let kernel = match args.kernel {
         KernelArg::Vmlinux => GuestKernel::Vmlinux,
         KernelArg::Bzimage => GuestKernel::BzImage,
@@ -107,7 +135,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         ports: ChannelPorts::GUEST_DEFAULT,
         vcpus: args.vcpus,
         memory_mib: args.memory,
-        ready_deadline: Duration::from_secs_f64(args.ready_deadline),
+        ready_deadline,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -227,32 +255,35 @@ fn print_phases(t0: Instant, marks: &[PhaseMark]) {
 /// `isobench` process inside.
 const EMULATED_HOST_EXTRA_MIB: u32 = 768;
 
+/// Guest image paths given on the command line, as the emulated host's inner run gets them:
+/// `kernel` serves as both guest kernel files, and the paths `vm boot` does not read are unset.
+fn provided_image(kernel: &Path, rootfs_ext4: &Path) -> GuestImagePaths {
+    let unused = PathBuf::from("/nonexistent");
+    GuestImagePaths {
+        id: "provided".into(),
+        vmlinux: kernel.to_owned(),
+        bzimage: kernel.to_owned(),
+        rootfs_tar: unused.clone(),
+        rootfs_ext4: rootfs_ext4.to_owned(),
+        rootfs_tree: unused,
+        docker_tag: String::new(),
+    }
+}
+
 /// Runs `isobench vm boot --host direct` with the same flags inside the emulated hardware-KVM
-/// host and prints its output. The guest image is carried in as a copy of its cache folders,
-/// except `rootfs.ext4`, which is attached as a read-only disk.
+/// host and prints its output. The guest kernel file is carried in, and `rootfs.ext4` is
+/// attached as a read-only disk, as `isobench compare` does for its emulated trials.
 fn boot_emulated(args: &BootArgs) -> anyhow::Result<ExitCode> {
-    let image =
-        image::locate().context("the guest image is not usable: run `isobench image build`")?;
+    let image = image::locate()?;
     let cache = default_cache_dir().context("no cache folder: set ISOBENCH_CACHE_DIR or HOME")?;
     let host = EmulatedHost::prepare(&cache)?;
     let isobench = std::env::current_exe().context("cannot find the isobench binary")?;
     let vmm = isobench_vmm::supervisor::locate_binary()?;
 
-    let kernel_dir = image
-        .vmlinux
-        .parent()
-        .context("guest kernel path has no folder")?;
-    let rootfs_dir = image
-        .rootfs_ext4
-        .parent()
-        .context("root filesystem path has no folder")?;
-    let folder_name = |dir: &std::path::Path| {
-        dir.file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned()
+    let kernel = match args.kernel {
+        KernelArg::Vmlinux => image.vmlinux.clone(),
+        KernelArg::Bzimage => image.bzimage.clone(),
     };
-    let (kernel_name, rootfs_name) = (folder_name(kernel_dir), folder_name(rootfs_dir));
     let mut run = EmulatedRun::for_program(
         &isobench,
         &[
@@ -263,39 +294,15 @@ fn boot_emulated(args: &BootArgs) -> anyhow::Result<ExitCode> {
             ProgramArg::Plain(format!("--vcpus={}", args.vcpus)),
             ProgramArg::Plain(format!("--memory={}", args.memory)),
             ProgramArg::Plain(format!("--ready-deadline={}", args.ready_deadline)),
+            ProgramArg::Plain("--image-kernel".into()),
+            ProgramArg::File(kernel),
+            ProgramArg::Plain("--image-rootfs-ext4".into()),
+            ProgramArg::Disk {
+                path: image.rootfs_ext4.clone(),
+                read_only: true,
+            },
         ],
         &[vmm],
-    );
-    // The image cache inside: the kernel folder and the small rootfs files are copies, the
-    // disk is the attached device, and the artifacts `vm boot` does not read are placeholders.
-    let cache_inside = "/opt/isobench/cache";
-    for file in ["vmlinux", "bzImage", "config", "manifest.json"] {
-        run.files.push(isobench_vmm::emulated::CarriedFile {
-            source: kernel_dir.join(file),
-            path: format!("{cache_inside}/{kernel_name}/{file}"),
-            env: None,
-            with_libraries: false,
-        });
-    }
-    for file in ["manifest.json", "packages.txt"] {
-        run.files.push(isobench_vmm::emulated::CarriedFile {
-            source: rootfs_dir.join(file),
-            path: format!("{cache_inside}/{rootfs_name}/{file}"),
-            env: None,
-            with_libraries: false,
-        });
-    }
-    run.disks.push(isobench_vmm::emulated::CarriedDisk {
-        source: image.rootfs_ext4.clone(),
-        read_only: true,
-        env: "ISOBENCH_ROOTFS_DISK".into(),
-    });
-    let rootfs_inside = format!("{cache_inside}/{rootfs_name}");
-    run.command = format!(
-        "ln -s \"$ISOBENCH_ROOTFS_DISK\" {rootfs_inside}/rootfs.ext4 && \
-         : > {rootfs_inside}/rootfs.tar && mkdir -p {rootfs_inside}/tree && \
-         ISOBENCH_CACHE_DIR={cache_inside} {}",
-        run.command
     );
     run.vcpus = u8::try_from(args.vcpus.max(1)).unwrap_or(u8::MAX);
     run.memory_mib = args.memory + EMULATED_HOST_EXTRA_MIB;

@@ -1,6 +1,7 @@
-//! Bad inputs to every subcommand, as a new user types them: each ends in one `isobench:` line
-//! that names the value and what to do, a non-zero exit, no panic and no files left behind.
-//! None of these tests builds the guest image or boots a guest.
+//! Bad inputs to every subcommand, as a new user types them. A value that parses but is invalid
+//! ends in one `isobench:` line that names the value and what to do, with exit status 1, no
+//! panic and no files left behind. A value that does not parse gets clap's usage error, with
+//! exit status 2. None of these tests builds the guest image or boots a guest.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -90,7 +91,10 @@ fn status_names_empty_vmlinux() {
     let state_line = format!("kernel    {}  damaged", hashes.kernel);
     assert!(stdout.contains(&state_line), "{stdout}");
 
-    let output = isobench(cache_dir.path(), &["image", "status", "--no-docker", "--json"]);
+    let output = isobench(
+        cache_dir.path(),
+        &["image", "status", "--no-docker", "--json"],
+    );
     let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(status["complete"], false);
     assert_eq!(status["sets"][0]["complete"], false);
@@ -144,4 +148,202 @@ fn run_names_damaged_rootfs() {
         line.contains("run `isobench image build --only rootfs`"),
         "{line}"
     );
+}
+
+/// Lists the names in `dir`, to check that a rejected command left nothing behind.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn compare_rejects_file_as_out() {
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("report");
+    std::fs::write(&file, b"x").unwrap();
+    let out = file.to_str().unwrap();
+
+    // The Docker engine is unreachable, so a late check would report the engine instead.
+    let output = isobench(
+        scratch.path(),
+        &["compare", "--backends", "docker", "--out", out],
+    );
+    let line = error_line(&output);
+    assert_eq!(
+        line,
+        format!(
+            "isobench: invalid --out {out}: it is a file, not a folder; pass a new or empty folder"
+        )
+    );
+    assert_eq!(names_in(scratch.path()), ["report"]);
+}
+
+#[test]
+fn compare_rejects_non_empty_out() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("report");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("results.json"), b"{}").unwrap();
+
+    let output = isobench(
+        scratch.path(),
+        &[
+            "compare",
+            "--backends",
+            "docker",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let line = error_line(&output);
+    assert!(line.contains(out.to_str().unwrap()), "{line}");
+    assert!(line.contains("exists and is not empty"), "{line}");
+    assert!(line.ends_with("pass a new or empty folder"), "{line}");
+    assert_eq!(names_in(&out), ["results.json"]);
+}
+
+#[test]
+fn compare_rejects_out_without_parent() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("missing/report");
+    let output = isobench(
+        scratch.path(),
+        &[
+            "compare",
+            "--backends",
+            "docker",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let line = error_line(&output);
+    let parent = scratch.path().join("missing");
+    let expected = format!("its folder {} does not exist", parent.display());
+    assert!(line.contains(&expected), "{line}");
+    assert!(line.contains("create it first"), "{line}");
+    assert!(names_in(scratch.path()).is_empty());
+}
+
+#[test]
+fn run_rejects_existing_results_file() {
+    let scratch = tempfile::tempdir().unwrap();
+    let results = scratch.path().join("results.json");
+    std::fs::write(&results, b"{}").unwrap();
+    let output = isobench(
+        scratch.path(),
+        &[
+            "run",
+            "--backend",
+            "docker",
+            "--results",
+            results.to_str().unwrap(),
+        ],
+    );
+    let line = error_line(&output);
+    assert!(line.contains("invalid --results"), "{line}");
+    assert!(line.contains("the file exists"), "{line}");
+    assert_eq!(std::fs::read(&results).unwrap(), b"{}");
+}
+
+#[test]
+fn vcpu_limit_is_same_everywhere() {
+    let scratch = tempfile::tempdir().unwrap();
+    let max = isobench_vmm::config::MAX_VCPUS;
+    let above = (max + 1).to_string();
+    let expected = format!(
+        "isobench: invalid --vcpus {above}: use 1 to {max}, the vCPU limit of the microVM's MP \
+         table"
+    );
+    let commands: [&[&str]; 3] = [
+        &["compare", "--backends", "docker", "--vcpus", &above],
+        &["run", "--backend", "docker", "--vcpus", &above],
+        &["vm", "boot", "--vcpus", &above],
+    ];
+    for args in commands {
+        let line = error_line(&isobench(scratch.path(), args));
+        assert_eq!(line, expected, "isobench {args:?}");
+    }
+
+    // The limit itself passes the check, so these fail later on the unreachable engine.
+    let at_limit = max.to_string();
+    let output = isobench(
+        scratch.path(),
+        &["run", "--backend", "docker", "--vcpus", &at_limit],
+    );
+    let line = error_line(&output);
+    assert!(!line.contains("--vcpus"), "{line}");
+}
+
+#[test]
+fn vm_boot_rejects_bad_numbers() {
+    let scratch = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--vcpus", "0"], "invalid --vcpus 0: use 1 to"),
+        (
+            &["--memory", "0"],
+            "invalid --memory 0: the Jupyter kernel needs at least",
+        ),
+        (
+            &["--memory", "4000000000"],
+            "invalid --memory 4000000000: this host has",
+        ),
+        (
+            &["--ready-deadline", "-1"],
+            "invalid --ready-deadline -1: use a positive number",
+        ),
+        (
+            &["--ready-deadline", "1e300"],
+            "invalid --ready-deadline 1000000000",
+        ),
+    ];
+    for host in ["direct", "emulated"] {
+        for (flags, expected) in cases {
+            let mut args = vec!["vm", "boot", "--host", host];
+            args.extend_from_slice(flags);
+            let line = error_line(&isobench(scratch.path(), &args));
+            assert!(
+                line.starts_with(&format!("isobench: {expected}")),
+                "isobench {args:?}: {line}"
+            );
+        }
+    }
+    assert!(names_in(scratch.path()).is_empty());
+}
+
+#[test]
+fn negative_numbers_name_their_flag() {
+    let scratch = tempfile::tempdir().unwrap();
+    for command in [["compare", "--backends"], ["run", "--backend"]] {
+        for (flag, expected) in [
+            (
+                "--trial-deadline",
+                "invalid --trial-deadline -1: use a positive number",
+            ),
+            (
+                "--ready-deadline",
+                "invalid --ready-deadline -1: use a positive number",
+            ),
+        ] {
+            let args = [command[0], command[1], "docker", flag, "-1"];
+            let line = error_line(&isobench(scratch.path(), &args));
+            assert!(
+                line.starts_with(&format!("isobench: {expected}")),
+                "isobench {args:?}: {line}"
+            );
+        }
+        // A negative count fails to parse as a whole number, which clap reports (status 2).
+        for flag in ["--trials", "--warmup", "--vcpus", "--memory-mib"] {
+            let args = [command[0], command[1], "docker", flag, "-1"];
+            let output = isobench(scratch.path(), &args);
+            let stderr = stderr_of(&output);
+            assert_eq!(output.status.code(), Some(2), "isobench {args:?}: {stderr}");
+            let expected = format!("invalid value '-1' for '{flag}");
+            assert!(stderr.contains(&expected), "isobench {args:?}: {stderr}");
+        }
+    }
+    assert!(names_in(scratch.path()).is_empty());
 }

@@ -20,6 +20,22 @@ pub const DEFAULT_BOOT_ARGS: &str =
 /// Smallest guest RAM accepted, in MiB.
 pub const MIN_MEMORY_MIB: u64 = 32;
 
+/// Maximum vCPUs of a microVM: as many processor entries as the MP table has space for. Every
+/// entry point (`isobench-vmm`, `isobench vm boot`, `run` and `compare`) checks `--vcpus`
+/// against it with [`check_vcpus`]. KVM's own limit is checked when the VM is created.
+pub const MAX_VCPUS: u32 = mptable::max_vcpus();
+
+/// Checks a `--vcpus` value against 1 to [`MAX_VCPUS`].
+pub fn check_vcpus(count: u32) -> Result<(), ConfigError> {
+    if count == 0 || count > MAX_VCPUS {
+        return Err(ConfigError::VcpusOutOfRange {
+            count,
+            max: MAX_VCPUS,
+        });
+    }
+    Ok(())
+}
+
 /// Errors of validating a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -45,7 +61,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The vCPU count is outside what the MP table can describe.
-    #[error("vCPU count {count} is out of range: pass --vcpus between 1 and {max}")]
+    #[error("invalid --vcpus {count}: use 1 to {max}, the vCPU limit of the microVM's MP table")]
     VcpusOutOfRange {
         /// Count given.
         count: u32,
@@ -247,13 +263,7 @@ impl VmConfig {
                 source,
             })?;
         }
-        let max = mptable::max_vcpus();
-        if self.vcpus == 0 || self.vcpus > max {
-            return Err(ConfigError::VcpusOutOfRange {
-                count: self.vcpus,
-                max,
-            });
-        }
+        check_vcpus(self.vcpus)?;
         if self.memory_mib < MIN_MEMORY_MIB {
             return Err(ConfigError::MemoryTooSmall {
                 mib: self.memory_mib,
@@ -387,6 +397,47 @@ mod tests {
             config.validate(),
             Err(ConfigError::VcpusOutOfRange { .. }) | Err(ConfigError::NotAKernel(_))
         ));
+    }
+
+    #[test]
+    fn vcpu_limit_is_mptable_limit() {
+        assert_eq!(MAX_VCPUS, mptable::max_vcpus());
+        assert!(check_vcpus(1).is_ok());
+        assert!(check_vcpus(MAX_VCPUS).is_ok());
+        assert_eq!(
+            check_vcpus(MAX_VCPUS + 1).unwrap_err().to_string(),
+            format!(
+                "invalid --vcpus {}: use 1 to {MAX_VCPUS}, the vCPU limit of the microVM's MP \
+                 table",
+                MAX_VCPUS + 1
+            )
+        );
+        assert!(matches!(
+            check_vcpus(0),
+            Err(ConfigError::VcpusOutOfRange { count: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn validate_rejects_vcpus_above_limit() {
+        let dir = scratch_dir("vcpus");
+        let kernel = dir.join("vmlinux");
+        std::fs::write(&kernel, b"\x7fELF....").unwrap();
+        let mut config = VmConfig::new(kernel);
+        config.vcpus = MAX_VCPUS + 1;
+        let error = config.validate().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            check_vcpus(MAX_VCPUS + 1).unwrap_err().to_string()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("isobench-vmm-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]
