@@ -3,11 +3,12 @@
 //! `launch_to_ready` medians of `isobench compare`.
 //!
 //! One iteration is a whole trial as `isobench compare` runs it with its default flags
-//! (launch, ready, 500 ms pause, memory sample, the default suite, memory sample, shutdown,
-//! stop), of which only launch-to-ready is counted. Each backend gets one warm-up trial and 10
-//! measured trials, one per criterion sample, so criterion's median is the median over trials,
-//! like the harness's. The `Unable to complete 10 samples` warning that criterion prints is
-//! expected (see `one_iteration_per_sample`).
+//! (launch, ready, the idle settle pause, memory sample, the default suite, memory sample,
+//! shutdown, stop), of which only launch-to-ready is counted. The settings and the trial count
+//! come from `isobench_harness::defaults`, which also sets compare's defaults. Each backend
+//! gets one warm-up trial and `--trials` measured trials, one per criterion sample, so
+//! criterion's median is the median over trials, like the harness's. The `Unable to complete
+//! N samples` warning that criterion prints is expected (see `one_iteration_per_sample`).
 //!
 //! One difference remains: criterion runs all trials of one backend before the next backend,
 //! while `isobench compare` interleaves the backends trial by trial.

@@ -17,6 +17,7 @@ use isobench_harness::backend::process::ProcessBackend;
 use isobench_harness::backend::{Backend, GuestImagePaths, Instance};
 use isobench_harness::backend::{BackendError, LaunchSpec};
 use isobench_harness::cancel::Cancel;
+use isobench_harness::defaults;
 use isobench_harness::host::{KvmFlavour, KvmInfo};
 use isobench_harness::image;
 use isobench_harness::jupyter::JupyterWorkload;
@@ -24,11 +25,8 @@ use isobench_harness::results::{ExecutionHost, TrialOutcome};
 use isobench_harness::trial::{run_trial, NoObserver, TrialSettings, TrialSlot};
 use isobench_workload::{ClientError, ConnectionInfo, KernelClient, Suite};
 
-/// Measured trials per backend in `isobench compare` by default (`--trials 10`).
-pub const COMPARE_TRIALS: usize = 10;
-
-/// Pause between ready and the idle memory sample in `isobench compare`.
-const COMPARE_IDLE_SETTLE: Duration = Duration::from_millis(500);
+/// Measured trials per backend in `isobench compare` by default (its `--trials`).
+pub const COMPARE_TRIALS: usize = defaults::TRIALS as usize;
 
 /// Starts the multi-threaded async runtime, the kind `isobench compare` drives trials on.
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -105,8 +103,8 @@ pub fn finish_backends(runtime: &tokio::runtime::Runtime, backends: &[Arc<dyn Ba
     }
 }
 
-/// Returns the trial settings of `isobench compare` with its default flags: 1 vCPU, 1024 MiB,
-/// 60 s to ready, 300 s per trial, and the same pause before the idle memory sample.
+/// Returns the trial settings of `isobench compare` with its default flags and the same pause
+/// before the idle memory sample.
 pub fn trial_settings(image: &GuestImagePaths) -> TrialSettings {
     let started = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -114,11 +112,11 @@ pub fn trial_settings(image: &GuestImagePaths) -> TrialSettings {
     TrialSettings {
         run_id: format!("ibbench{}-{}", started.as_secs(), std::process::id()),
         image: image.clone(),
-        vcpus: 1,
-        memory_mib: 1024,
-        ready_deadline: Duration::from_secs(60),
-        trial_deadline: Duration::from_secs(300),
-        idle_settle: COMPARE_IDLE_SETTLE,
+        vcpus: defaults::VCPUS,
+        memory_mib: defaults::MEMORY_MIB,
+        ready_deadline: defaults::READY_DEADLINE,
+        trial_deadline: defaults::TRIAL_DEADLINE,
+        idle_settle: defaults::IDLE_SETTLE,
     }
 }
 

@@ -17,6 +17,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use isobench_harness::backend::{Backend, BackendKind, GuestImagePaths};
 use isobench_harness::cancel::{self, Cancel};
+use isobench_harness::defaults;
 use isobench_harness::host::{
     rfc3339_utc, timestamp_folder_name, DockerInfo, HostInfo, KvmFlavour, KvmInfo,
     ISOBENCH_REVISION,
@@ -39,9 +40,6 @@ use isobench_workload::Suite;
 use crate::flags::{check_out_dir, create_direct_backend, BackendArg, LimitArgs};
 use crate::interrupt::{kept_trials, planned_trials};
 
-/// Pause between ready and the idle memory sample.
-const IDLE_SETTLE: Duration = Duration::from_millis(500);
-
 /// Execution host of the microVM backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MicrovmHost {
@@ -60,10 +58,10 @@ pub struct CompareArgs {
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     backends: Option<Vec<BackendArg>>,
     /// Measured trials per backend.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 10)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = defaults::TRIALS)]
     trials: u32,
     /// Warm-up trials per backend, run first and left out of every figure.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = defaults::WARMUP_TRIALS)]
     warmup: u32,
     #[command(flatten)]
     limits: LimitArgs,
@@ -76,7 +74,12 @@ pub struct CompareArgs {
     #[arg(long, value_enum)]
     microvm_host: Option<MicrovmHost>,
     /// Time allowed for one whole trial, launch to end of the suite, in seconds.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 300.0, value_name = "SECONDS")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = defaults::TRIAL_DEADLINE.as_secs_f64(),
+        value_name = "SECONDS"
+    )]
     trial_deadline: f64,
     /// Guest kernel to boot instead of the cached guest image's; the emulated host's inner run
     /// uses it, with `--image-rootfs-ext4`.
@@ -434,7 +437,7 @@ async fn compare(
             memory_mib: settings.memory_mib,
             ready_deadline: settings.ready_deadline,
             trial_deadline: settings.trial_deadline,
-            idle_settle: IDLE_SETTLE,
+            idle_settle: defaults::IDLE_SETTLE,
         },
         results_path: Some(results_path.clone()),
     };
@@ -458,7 +461,7 @@ async fn compare(
                 suite: settings.suite.name.clone(),
                 ready_deadline_s: settings.ready_deadline.as_secs_f64(),
                 trial_deadline_s: settings.trial_deadline.as_secs_f64(),
-                idle_settle_s: IDLE_SETTLE.as_secs_f64(),
+                idle_settle_s: defaults::IDLE_SETTLE.as_secs_f64(),
             },
             skipped_backends: selection.skipped,
         },

@@ -9,6 +9,7 @@ use isobench_harness::backend::docker::{DockerBackend, DockerOptions};
 use isobench_harness::backend::microvm::MicrovmBackend;
 use isobench_harness::backend::process::ProcessBackend;
 use isobench_harness::backend::{Backend, BackendKind};
+use isobench_harness::defaults;
 use isobench_harness::host::DockerInfo;
 use isobench_workload::Suite;
 
@@ -47,7 +48,7 @@ pub struct LimitArgs {
     #[arg(long, value_name = "FILE")]
     pub suite: Option<PathBuf>,
     /// vCPUs of the microVM and CPU limit of the container; the process backend ignores it.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = defaults::VCPUS)]
     pub vcpus: u32,
     /// Guest RAM of the microVM and memory limit of the container, in MiB; the process backend
     /// ignores it.
@@ -55,7 +56,7 @@ pub struct LimitArgs {
         long,
         allow_negative_numbers = true,
         alias = "memory",
-        default_value_t = 1024,
+        default_value_t = defaults::MEMORY_MIB,
         value_name = "MIB"
     )]
     pub memory_mib: u32,
@@ -63,7 +64,7 @@ pub struct LimitArgs {
     #[arg(
         long,
         allow_negative_numbers = true,
-        default_value_t = 60.0,
+        default_value_t = defaults::READY_DEADLINE.as_secs_f64(),
         value_name = "SECONDS"
     )]
     pub ready_deadline: f64,

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use isobench_harness::backend::{BackendKind, GuestImagePaths};
 use isobench_harness::cancel::{self, Cancel};
+use isobench_harness::defaults;
 use isobench_harness::host::{rfc3339_utc, DockerInfo, HostInfo, KvmFlavour, KvmInfo};
 use isobench_harness::image;
 use isobench_harness::jupyter::JupyterWorkload;
@@ -57,9 +58,6 @@ pub struct RunArgs {
     #[arg(long)]
     json: bool,
 }
-
-/// Pause between ready and the idle memory sample.
-const IDLE_SETTLE: Duration = Duration::from_millis(500);
 
 /// Runs `isobench run`.
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -171,7 +169,7 @@ async fn run(config: RunConfigResolved) -> anyhow::Result<ExitCode> {
             memory_mib: config.memory_mib,
             ready_deadline: config.ready_deadline,
             trial_deadline: config.trial_deadline,
-            idle_settle: IDLE_SETTLE,
+            idle_settle: defaults::IDLE_SETTLE,
         },
         results_path: config.results_path.clone(),
     };
@@ -195,7 +193,7 @@ async fn run(config: RunConfigResolved) -> anyhow::Result<ExitCode> {
                 suite: config.suite.name.clone(),
                 ready_deadline_s: config.ready_deadline.as_secs_f64(),
                 trial_deadline_s: config.trial_deadline.as_secs_f64(),
-                idle_settle_s: IDLE_SETTLE.as_secs_f64(),
+                idle_settle_s: defaults::IDLE_SETTLE.as_secs_f64(),
             },
             skipped_backends: Vec::new(),
         },

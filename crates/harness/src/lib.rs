@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod cancel;
+pub mod defaults;
 pub mod host;
 pub mod image;
 pub mod jupyter;
