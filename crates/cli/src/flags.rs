@@ -31,6 +31,17 @@ pub enum BackendArg {
     Microvm,
 }
 
+impl BackendArg {
+    /// Returns the name as the command line spells it, such as `docker`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendArg::Process => "process",
+            BackendArg::Docker => "docker",
+            BackendArg::Microvm => "microvm",
+        }
+    }
+}
+
 impl From<BackendArg> for BackendKind {
     fn from(arg: BackendArg) -> BackendKind {
         match arg {
@@ -577,5 +588,14 @@ mod tests {
         assert_eq!(BackendKind::from(BackendArg::Process), BackendKind::Process);
         assert_eq!(BackendKind::from(BackendArg::Docker), BackendKind::Docker);
         assert_eq!(BackendKind::from(BackendArg::Microvm), BackendKind::Microvm);
+    }
+
+    #[test]
+    fn backend_arg_names_match_values() {
+        use clap::ValueEnum;
+        for arg in BackendArg::value_variants() {
+            let value = arg.to_possible_value().expect("no variant is skipped");
+            assert_eq!(arg.name(), value.get_name());
+        }
     }
 }

@@ -130,7 +130,7 @@ async fn backend(name: BackendArg) -> anyhow::Result<(PlannedBackend, Option<Doc
     }
     let created = create_direct_backend(kind)
         .await
-        .map_err(|reason| anyhow::anyhow!("backend {name:?} cannot run here: {reason}"))?;
+        .map_err(|reason| anyhow::anyhow!("backend {} cannot run here: {reason}", name.name()))?;
     let planned = PlannedBackend {
         backend: created.backend,
         execution_host: ExecutionHost::Direct,

@@ -276,6 +276,10 @@ fn vcpu_limit_is_same_everywhere() {
     );
     let line = error_line(&output);
     assert!(!line.contains("--vcpus"), "{line}");
+    assert!(
+        line.starts_with("isobench: backend docker cannot run here"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -346,4 +350,24 @@ fn negative_numbers_name_their_flag() {
         }
     }
     assert!(names_in(scratch.path()).is_empty());
+}
+
+#[test]
+fn cache_dir_must_be_folder() {
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("cache");
+    std::fs::write(&file, b"x").unwrap();
+    let expected = format!(
+        "isobench: the cache folder {} is not a folder: set ISOBENCH_CACHE_DIR to a writable \
+         folder",
+        file.display()
+    );
+    for args in [
+        ["image", "status", "--no-docker"],
+        ["image", "build", "--no-docker"],
+    ] {
+        let line = error_line(&isobench(&file, &args));
+        assert_eq!(line, expected, "isobench {args:?}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }

@@ -44,18 +44,22 @@ pub struct Cache {
 impl Cache {
     /// Cache at `$ISOBENCH_CACHE_DIR`, else `$XDG_CACHE_HOME/isobench`, else
     /// `$HOME/.cache/isobench`.
+    /// Fails with [`ImageError::CacheNotFolder`] when that path exists but is not a folder.
     pub fn from_env() -> Result<Cache, ImageError> {
         let variable = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
-        if let Some(dir) = variable(CACHE_DIR_ENV) {
-            return Ok(Cache::at(dir));
+        let cache = if let Some(dir) = variable(CACHE_DIR_ENV) {
+            Cache::at(dir)
+        } else if let Some(dir) = variable("XDG_CACHE_HOME") {
+            Cache::at(PathBuf::from(dir).join("isobench"))
+        } else if let Some(home) = variable("HOME") {
+            Cache::at(PathBuf::from(home).join(".cache/isobench"))
+        } else {
+            return Err(ImageError::NoCacheDir);
+        };
+        if cache.root.exists() && !cache.root.is_dir() {
+            return Err(ImageError::CacheNotFolder(cache.root));
         }
-        if let Some(dir) = variable("XDG_CACHE_HOME") {
-            return Ok(Cache::at(PathBuf::from(dir).join("isobench")));
-        }
-        if let Some(home) = variable("HOME") {
-            return Ok(Cache::at(PathBuf::from(home).join(".cache/isobench")));
-        }
-        Err(ImageError::NoCacheDir)
+        Ok(cache)
     }
 
     /// Cache at `root`.

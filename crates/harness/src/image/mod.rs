@@ -40,6 +40,13 @@ pub enum ImageError {
     #[error("no cache folder: set ISOBENCH_CACHE_DIR (or HOME) to a writable folder")]
     NoCacheDir,
 
+    /// The cache folder's path names a file or another non-folder.
+    #[error(
+        "the cache folder {} is not a folder: set ISOBENCH_CACHE_DIR to a writable folder",
+        .0.display()
+    )]
+    CacheNotFolder(PathBuf),
+
     /// An artifact set of the guest image is not in the cache.
     #[error("guest image not built: {set} artifacts missing at {}; run `isobench image build`", dir.display())]
     NotBuilt {
