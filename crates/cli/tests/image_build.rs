@@ -394,3 +394,46 @@ fn interrupted_build_removes_folders() {
     let root = cache.path().to_string_lossy().into_owned();
     assert!(!mountinfo.contains(&root), "mounts left below {root}");
 }
+
+/// Builds the root filesystem over a damaged folder with its final name: one line says so, the
+/// new set replaces the old, and a link in the old folder keeps its target outside the cache.
+#[test]
+fn damaged_rootfs_is_rebuilt() {
+    if !is_root() {
+        eprintln!("skipped: building the root filesystem needs root");
+        return;
+    }
+    let cache = cache_with_kernel();
+    let hashes = RecipeHashes::embedded();
+    let rootfs = Cache::at(cache.path()).set_dir(ArtifactSet::Rootfs, &hashes.rootfs);
+    std::fs::create_dir_all(&rootfs).unwrap();
+    std::fs::write(rootfs.join("manifest.json"), b"{").unwrap();
+    std::fs::write(rootfs.join("left-by-hand"), b"x").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("keep"), b"x").unwrap();
+    std::os::unix::fs::symlink(outside.path(), rootfs.join("tree")).unwrap();
+
+    let output = isobench(cache.path(), &["image", "build", "--no-docker"])
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&output);
+    assert!(output.status.success(), "{stderr}");
+    let notices: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("isobench: "))
+        .collect();
+    let expected = format!(
+        "isobench: the cached guest rootfs is damaged: {}/manifest.json is not a valid manifest",
+        rootfs.display()
+    );
+    assert_eq!(notices.len(), 1, "{stderr}");
+    assert!(notices[0].starts_with(&expected), "{stderr}");
+    assert!(notices[0].ends_with("; rebuilding it"), "{stderr}");
+
+    let status = status_json(cache.path());
+    assert_eq!(status["complete"], true);
+    assert_eq!(status["unfinished_builds"], serde_json::json!([]));
+    assert!(!rootfs.join("left-by-hand").exists());
+    assert!(rootfs.join("tree/sbin/isobench-init").is_file());
+    assert!(outside.path().join("keep").exists());
+}
