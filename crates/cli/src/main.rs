@@ -22,6 +22,7 @@ mod report;
 mod run;
 mod vm;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -76,12 +77,14 @@ fn main() -> ExitCode {
 /// Sends the libraries' `tracing` events to standard error: warnings and errors by default,
 /// more with `RUST_LOG` (such as `RUST_LOG=isobench_harness=debug`). Without it, warnings the
 /// harness logs and carries on after, such as a failed guest memory read, would be lost.
+/// Colour codes are written only to a terminal, so a log file or a pipe gets plain text.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .without_time()
         .with_target(false)
         .init();

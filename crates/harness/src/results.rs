@@ -150,7 +150,8 @@ pub struct TrialRecord {
     /// Execution host of the instance.
     #[serde(default)]
     pub execution_host: ExecutionHost,
-    /// Round number: trial `round` of every backend ran back to back, so ratios pair by it.
+    /// Zero-based round number, shown to users as trial `round + 1`. The trials of one round,
+    /// one per backend, ran back to back, so ratios pair by it.
     pub round: u32,
     /// Whether this was a warm-up trial, run and left out of every figure.
     pub warmup: bool,

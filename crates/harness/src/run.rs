@@ -111,8 +111,10 @@ async fn run_rounds(
                 observer,
             )
             .await;
+            // The observer prints the failure to the user, so the log keeps it at debug level
+            // and the command line shows each failed trial once.
             if let crate::results::TrialOutcome::Failed { stage, cause, .. } = &record.outcome {
-                tracing::warn!(backend = name, round, warmup, %stage, cause, "trial failed");
+                tracing::debug!(backend = name, round, warmup, %stage, cause, "trial failed");
             }
             observer.trial_finished(&record);
             results.trials.push(record);

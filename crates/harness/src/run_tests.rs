@@ -397,7 +397,10 @@ async fn kernel_dying_before_ready_is_recorded_with_exit() {
     match &results.trials[0].outcome {
         TrialOutcome::Failed { stage, cause, exit } => {
             assert_eq!(*stage, TrialStage::Ready);
-            assert!(cause.contains("exited before ready"), "{cause}");
+            assert!(
+                cause.starts_with("the Jupyter kernel exited with"),
+                "{cause}"
+            );
             assert!(exit.as_ref().unwrap().last_output.contains("ipykernel"));
         }
         other => panic!("expected a failed trial, got {other:?}"),

@@ -23,7 +23,7 @@ pub const BASELINE: &str = "process";
 pub const MIN_RANKING_PAIRS: usize = 5;
 
 /// Figures that are compared pair by pair between backends.
-const COMPARED_FIGURES: [&str; 3] = ["launch_to_ready", "host_delta", "cell:trivial"];
+const COMPARED_FIGURES: [&str; 4] = ["launch_to_ready", "host_delta", "host_pss", "cell:trivial"];
 
 /// Summary of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,7 +72,7 @@ pub struct BackendSummary {
 /// A failed trial in a summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureSummary {
-    /// Round of the trial.
+    /// Zero-based round of the trial, shown to users as trial `round + 1`.
     pub round: u32,
     /// Step that failed.
     pub stage: TrialStage,
@@ -146,7 +146,8 @@ pub struct Comparison {
     pub backend: String,
     /// Denominator backend.
     pub other: String,
-    /// Median of the per-round ratios `backend / other` with its interval.
+    /// Median of the per-round ratios `backend / other` with its interval. When one of the two
+    /// is the baseline, it is `other`, so the ratio reads like the ratios to the baseline.
     pub ratio: Estimate,
     /// Whether the interval excludes 1, so the two can be ranked on this figure.
     pub ranked: bool,
@@ -258,6 +259,51 @@ impl RunSummary {
         }
         csv
     }
+}
+
+impl FailureSummary {
+    /// Describes the failure in one line, as [`describe_failure`] does.
+    pub fn describe(&self, backend: &str) -> String {
+        describe_failure(backend, self.round, false, self.stage, &self.cause)
+    }
+}
+
+/// Names a trial as users see it, numbered from 1 within its backend: `docker trial 2`, or
+/// `docker warm-up 1` for a warm-up. `round` is the zero-based round of the record.
+pub fn trial_name(backend: &str, round: u32, warmup: bool) -> String {
+    let kind = if warmup { "warm-up" } else { "trial" };
+    format!("{backend} {kind} {}", u64::from(round) + 1)
+}
+
+/// Describes a failed trial in one line, such as `docker trial 2 failed at the ready step: the
+/// Jupyter kernel exited with exit status 1`. The step is named once, by `stage`.
+pub fn describe_failure(
+    backend: &str,
+    round: u32,
+    warmup: bool,
+    stage: TrialStage,
+    cause: &str,
+) -> String {
+    format!(
+        "{} failed at the {stage} step: {cause}",
+        trial_name(backend, round, warmup)
+    )
+}
+
+/// Formats a value with three significant digits and no exponent, such as `1.77`, `0.0123` or
+/// `123`. Every ratio in the summary's notes and in the report uses it, so they agree.
+pub fn format_significant(value: f64) -> String {
+    let magnitude = value.abs();
+    let decimals = if magnitude >= 100.0 || magnitude == 0.0 || !magnitude.is_finite() {
+        0
+    } else if magnitude >= 10.0 {
+        1
+    } else if magnitude >= 1.0 {
+        2
+    } else {
+        (2 - magnitude.log10().floor() as i32).clamp(0, 9) as usize
+    };
+    format!("{value:.decimals$}")
 }
 
 impl BackendSummary {
@@ -556,8 +602,15 @@ fn compare_pairs(
         .collect();
     let mut comparisons = Vec::new();
     let mut uncompared = Vec::new();
-    for (index, backend) in direct.iter().enumerate() {
-        for other in &direct[index + 1..] {
+    for (index, first) in direct.iter().enumerate() {
+        for second in &direct[index + 1..] {
+            // The baseline is the denominator, as in every ratio to the baseline. Other pairs
+            // divide in run order.
+            let (backend, other) = if first.backend == BASELINE {
+                (*second, *first)
+            } else {
+                (*first, *second)
+            };
             for figure in COMPARED_FIGURES {
                 let own = per_round[backend.backend.as_str()].get(figure);
                 let theirs = per_round[other.backend.as_str()].get(figure);
@@ -578,44 +631,7 @@ fn compare_pairs(
                 };
                 let enough = ratio.count >= MIN_RANKING_PAIRS;
                 let ranked = enough && !ratio.interval_contains(1.0);
-                let percent = (bootstrap.confidence * 100.0).round();
-                let note = if !enough {
-                    format!(
-                        "{figure}: {} and {} are not ranked: {} pairs, and ranking needs at \
-                         least {MIN_RANKING_PAIRS} (run more --trials)",
-                        backend.backend, other.backend, ratio.count
-                    )
-                } else if ranked {
-                    let relation = if ratio.median > 1.0 {
-                        "higher"
-                    } else {
-                        "lower"
-                    };
-                    format!(
-                        "{figure}: {} is {relation} than {} (paired ratio {}/{} {:.3}, \
-                         {percent}% interval {:.3} to {:.3}, {} pairs)",
-                        backend.backend,
-                        other.backend,
-                        backend.backend,
-                        other.backend,
-                        ratio.median,
-                        ratio.ci_low,
-                        ratio.ci_high,
-                        ratio.count
-                    )
-                } else {
-                    format!(
-                        "{figure}: {} and {} cannot be ranked: the {percent}% interval of the \
-                         paired ratio {}/{}, {:.3} to {:.3} over {} pairs, contains 1",
-                        backend.backend,
-                        other.backend,
-                        backend.backend,
-                        other.backend,
-                        ratio.ci_low,
-                        ratio.ci_high,
-                        ratio.count
-                    )
-                };
+                let note = comparison_note(figure, backend, other, &ratio, bootstrap, ranked);
                 comparisons.push(Comparison {
                     figure: figure.to_owned(),
                     backend: backend.backend.clone(),
@@ -628,6 +644,45 @@ fn compare_pairs(
         }
     }
     (comparisons, uncompared)
+}
+
+/// States in words whether `backend` and `other` can be ranked on `figure`, with the paired
+/// ratio `backend / other` in the same rounding as the report's ratios.
+fn comparison_note(
+    figure: &str,
+    backend: &BackendSummary,
+    other: &BackendSummary,
+    ratio: &Estimate,
+    bootstrap: &Bootstrap,
+    ranked: bool,
+) -> String {
+    let (name, other_name) = (&backend.backend, &other.backend);
+    let percent = format_significant(bootstrap.confidence * 100.0);
+    let median = format_significant(ratio.median);
+    let low = format_significant(ratio.ci_low);
+    let high = format_significant(ratio.ci_high);
+    let pairs = ratio.count;
+    if pairs < MIN_RANKING_PAIRS {
+        format!(
+            "{figure}: {name} and {other_name} are not ranked: {pairs} pairs, and ranking needs \
+             at least {MIN_RANKING_PAIRS} (run more --trials)"
+        )
+    } else if ranked {
+        let relation = if ratio.median > 1.0 {
+            "higher"
+        } else {
+            "lower"
+        };
+        format!(
+            "{figure}: {name} is {relation} than {other_name} (paired ratio \
+             {name}/{other_name} {median}×, {percent}% interval {low} to {high}, {pairs} pairs)"
+        )
+    } else {
+        format!(
+            "{figure}: {name} and {other_name} cannot be ranked: the {percent}% interval of the \
+             paired ratio {name}/{other_name}, {low} to {high} over {pairs} pairs, contains 1"
+        )
+    }
 }
 
 /// Counts the readings of the pairs two backends have in common that are zero or negative.
@@ -855,6 +910,74 @@ mod tests {
         assert_eq!(rows, figures);
         assert!(csv.starts_with("backend,execution_host,figure,unit,median"));
         assert!(csv.contains("docker,direct,launch_to_ready,s,"));
+    }
+
+    #[test]
+    fn comparison_divides_by_baseline() {
+        let summary = summary();
+        let comparison = summary
+            .comparisons
+            .iter()
+            .find(|c| c.figure == "launch_to_ready")
+            .unwrap();
+        assert_eq!(comparison.backend, "docker");
+        assert_eq!(comparison.other, BASELINE);
+        assert!(comparison.ratio.median > 1.0, "{}", comparison.note);
+        let table_ratio = summary
+            .backend("docker")
+            .unwrap()
+            .figure("launch_to_ready")
+            .unwrap()
+            .ratio_to_baseline
+            .unwrap();
+        let shown = format!("docker/process {}×", format_significant(table_ratio.median));
+        assert!(comparison.note.contains(&shown), "{}", comparison.note);
+    }
+
+    #[test]
+    fn host_pss_is_compared_with_baseline() {
+        let summary = summary();
+        let figure = summary
+            .backend("docker")
+            .unwrap()
+            .figure("host_pss")
+            .unwrap();
+        // The fixture scales docker's host_pss by 1.6 of process's in every round.
+        let ratio = figure.ratio_to_baseline.unwrap();
+        assert!((ratio.median - 1.6).abs() < 1e-9, "ratio {}", ratio.median);
+        assert!(summary.comparisons.iter().any(|c| c.figure == "host_pss"));
+    }
+
+    #[test]
+    fn failure_names_trial_from_one() {
+        let failure = FailureSummary {
+            round: 0,
+            stage: TrialStage::Ready,
+            cause: "the Jupyter kernel exited with exit status 4 (guest triple fault)".into(),
+        };
+        let line = failure.describe("microvm");
+        assert_eq!(
+            line,
+            "microvm trial 1 failed at the ready step: the Jupyter kernel exited with exit \
+             status 4 (guest triple fault)"
+        );
+        assert_eq!(line.matches("ready").count(), 1, "{line}");
+        assert_eq!(line.matches("exit status").count(), 1, "{line}");
+    }
+
+    #[test]
+    fn warmup_is_named_apart() {
+        assert_eq!(trial_name("docker", 0, true), "docker warm-up 1");
+        assert_eq!(trial_name("docker", 9, false), "docker trial 10");
+    }
+
+    #[test]
+    fn significant_keeps_three_digits() {
+        assert_eq!(format_significant(1.7734), "1.77");
+        assert_eq!(format_significant(0.5639), "0.564");
+        assert_eq!(format_significant(17.75), "17.8");
+        assert_eq!(format_significant(123.4), "123");
+        assert_eq!(format_significant(0.0), "0");
     }
 
     #[test]

@@ -372,23 +372,14 @@ impl Steps<'_> {
 
     fn interrupted(&self, stage: TrialStage, interruption: Interruption) -> TrialOutcome {
         match interruption {
+            // The record's stage names the step, so the cause does not repeat it.
             Interruption::Exited(exit) => {
-                let cause = if stage == TrialStage::Ready {
-                    format!("Jupyter kernel exited before ready ({})", exit.status)
-                } else {
-                    format!(
-                        "Jupyter kernel exited during the {stage} step ({})",
-                        exit.status
-                    )
-                };
+                let cause = format!("the Jupyter kernel exited with {}", exit.status);
                 failed(stage, cause, Some(exit))
             }
             Interruption::DeadlinePassed => failed(
                 stage,
-                format!(
-                    "trial deadline of {:?} passed during the {stage} step",
-                    self.deadline - self.t0
-                ),
+                format!("the trial deadline of {:?} passed", self.deadline - self.t0),
                 None,
             ),
             Interruption::Cancelled => TrialOutcome::Interrupted { stage },

@@ -50,19 +50,10 @@ pub fn format_mib(bytes: f64) -> String {
     format!("{} MiB", significant(bytes / MIB))
 }
 
-/// Formats a value with three significant digits, without exponent.
+/// Formats a value with three significant digits, without exponent, as the summary's notes
+/// do.
 pub fn significant(value: f64) -> String {
-    let magnitude = value.abs();
-    let decimals = if magnitude >= 100.0 || magnitude == 0.0 {
-        0
-    } else if magnitude >= 10.0 {
-        1
-    } else if magnitude >= 1.0 {
-        2
-    } else {
-        (2 - magnitude.log10().floor() as i32).clamp(0, 9) as usize
-    };
-    format!("{value:.decimals$}")
+    isobench_harness::summary::format_significant(value)
 }
 
 /// Escapes text for HTML element content and attribute values.
