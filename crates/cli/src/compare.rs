@@ -29,7 +29,9 @@ use isobench_harness::results::{
     TrialStage, SCHEMA_VERSION,
 };
 use isobench_harness::run::{PlannedBackend, RunObserver, RunPlan};
-use isobench_harness::summary::BackendSummary;
+use isobench_harness::summary::{
+    describe_failure, format_significant, trial_name, BackendSummary, BASELINE,
+};
 use isobench_harness::trial::{TrialObserver, TrialSettings};
 use isobench_report::format::{format_mib, format_seconds};
 use isobench_vmm::emulated::{
@@ -490,7 +492,8 @@ async fn compare(
     });
 
     let total = u64::from((settings.warmup + settings.trials) * direct_count);
-    let observer = TrialBars::new(total, cancel.clone());
+    let kvm_label = results.host.figure_label(ExecutionHost::Direct);
+    let observer = TrialBars::new(total, cancel.clone(), kvm_label);
     let workload = JupyterWorkload::new(settings.suite.clone());
     let run_result =
         isobench_harness::run::run(&plan, &workload, &mut results, &cancel, &observer).await;
@@ -703,21 +706,32 @@ fn print_figures(results: &Results) {
     }
 }
 
-/// Formats the backend's trial count and main figures as one line. `planned` is its measured
-/// trials in the plan, so an interrupted run shows how many of them completed.
+/// Formats the backend's trial count and main figures as one line, each figure with its paired
+/// ratio to the baseline where the summary has one. `planned` is its measured trials in the
+/// plan, so an interrupted run shows how many of them completed.
 fn headline(backend: &BackendSummary, planned: usize) -> String {
     let mut parts = vec![format!(
         "{:<8} {} of {planned} trials completed",
         backend.backend, backend.completed
     )];
-    if let Some(ready) = backend.figure("launch_to_ready") {
-        parts.push(format!(
-            "launch to ready {}",
-            format_seconds(ready.estimate.median)
-        ));
-    }
-    if let Some(delta) = backend.figure("host_delta") {
-        parts.push(format!("host_delta {}", format_mib(delta.estimate.median)));
+    type Format = fn(f64) -> String;
+    let figures: [(&str, &str, Format); 3] = [
+        ("launch_to_ready", "launch to ready", format_seconds),
+        ("host_delta", "host_delta", format_mib),
+        ("host_pss", "host_pss", format_mib),
+    ];
+    for (name, label, format) in figures {
+        let Some(figure) = backend.figure(name) else {
+            continue;
+        };
+        let mut part = format!("{label} {}", format(figure.estimate.median));
+        if let Some(ratio) = figure.ratio_to_baseline {
+            part.push_str(&format!(
+                " ({}× {BASELINE})",
+                format_significant(ratio.median)
+            ));
+        }
+        parts.push(part);
     }
     if let Some(latency) = backend.cell("trivial").and_then(|cell| cell.latency) {
         parts.push(format!(
@@ -752,10 +766,13 @@ struct TrialBars {
     bar: ProgressBar,
     cancel: Cancel,
     current: Mutex<String>,
+    /// The host's KVM kind, printed with each trial's figures, such as
+    /// `paravirtual KVM (kvm_pvm)`.
+    kvm_label: String,
 }
 
 impl TrialBars {
-    fn new(total: u64, cancel: Cancel) -> TrialBars {
+    fn new(total: u64, cancel: Cancel, kvm_label: String) -> TrialBars {
         let bar = ProgressBar::with_draw_target(Some(total), draw_target());
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} trials  {elapsed}  {msg}")
@@ -766,6 +783,7 @@ impl TrialBars {
             bar,
             cancel,
             current: Mutex::new(String::new()),
+            kvm_label,
         }
     }
 
@@ -802,54 +820,174 @@ impl RunObserver for TrialBars {
         if self.cancel.is_cancelled() {
             return;
         }
-        let kind = if warmup { "warm-up" } else { "trial" };
         *self
             .current
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
-            format!("{backend} {kind} {}", round + 1);
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = trial_name(backend, round, warmup);
     }
 
     fn trial_finished(&self, record: &TrialRecord) {
         self.bar.inc(1);
-        let kind = if record.warmup { "warm-up" } else { "trial" };
-        let line = match &record.outcome {
-            // Without a terminal there is no bar, so each trial gets a line in the log.
-            TrialOutcome::Completed if self.bar.is_hidden() => Some(format!(
-                "{} {kind} {} completed, launch to ready {}",
-                record.backend,
-                record.round + 1,
-                record
-                    .launch_to_ready_s
-                    .map(format_seconds)
-                    .unwrap_or_else(|| "unknown".into())
-            )),
-            TrialOutcome::Completed => None,
-            TrialOutcome::Failed { stage, cause, exit } => {
-                let mut line = format!(
-                    "{} {kind} {} failed at the {stage} step: {cause}",
-                    record.backend,
-                    record.round + 1
-                );
-                if let Some(exit) = exit.as_ref().filter(|exit| !exit.last_output.is_empty()) {
-                    let tail: Vec<&str> = exit.last_output.lines().rev().take(5).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
-                    line.push_str(&format!("\n  last output:\n    {}", tail.join("\n    ")));
-                }
-                Some(line)
-            }
-            TrialOutcome::Interrupted { stage } => Some(format!(
-                "{} {kind} {} interrupted at the {stage} step",
-                record.backend,
-                record.round + 1
-            )),
+        // Without a terminal there is no bar, so each completed trial gets a line in the log.
+        let show_completed = self.bar.is_hidden();
+        let Some(line) = trial_line(record, &self.kvm_label, show_completed) else {
+            return;
         };
-        if let Some(line) = line {
-            if self.bar.is_hidden() {
-                eprintln!("isobench: {line}");
-            } else {
-                self.bar.println(format!("isobench: {line}"));
-            }
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
         }
+    }
+}
+
+/// Formats the progress line of a finished trial, or `None` for a completed one unless
+/// `show_completed`. Every line that carries a figure ends with the host's KVM kind, and a
+/// failure is stated once, with the last lines the workload printed.
+fn trial_line(record: &TrialRecord, kvm_label: &str, show_completed: bool) -> Option<String> {
+    let name = trial_name(&record.backend, record.round, record.warmup);
+    let line = match &record.outcome {
+        TrialOutcome::Completed if show_completed => {
+            let ready = record
+                .launch_to_ready_s
+                .map(format_seconds)
+                .unwrap_or_else(|| "unknown".into());
+            format!("{name} completed, launch to ready {ready}  [{kvm_label}]")
+        }
+        TrialOutcome::Completed => return None,
+        TrialOutcome::Failed { stage, cause, exit } => {
+            let mut line =
+                describe_failure(&record.backend, record.round, record.warmup, *stage, cause);
+            if let Some(exit) = exit.as_ref().filter(|exit| !exit.last_output.is_empty()) {
+                let tail: Vec<&str> = exit.last_output.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                line.push_str(&format!("\n  last output:\n    {}", tail.join("\n    ")));
+            }
+            line
+        }
+        TrialOutcome::Interrupted { stage } => format!("{name} interrupted at the {stage} step"),
+    };
+    Some(format!("isobench: {line}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use isobench_harness::backend::ExitInfo;
+    use isobench_harness::stats::Estimate;
+    use isobench_harness::summary::Figure;
+
+    use super::*;
+
+    const KVM_LABEL: &str = "paravirtual KVM (kvm_pvm)";
+
+    fn record(outcome: TrialOutcome) -> TrialRecord {
+        TrialRecord {
+            backend: "microvm".into(),
+            kind: BackendKind::Microvm,
+            execution_host: ExecutionHost::Direct,
+            round: 0,
+            warmup: false,
+            outcome,
+            events: Vec::new(),
+            phases: Vec::new(),
+            launch_to_ready_s: Some(0.52),
+            ready_attempts: Some(3),
+            memory_idle: None,
+            memory_after_suite: None,
+            cells: Vec::new(),
+            suite_s: None,
+            shutdown_s: None,
+        }
+    }
+
+    fn estimate(median: f64) -> Estimate {
+        Estimate {
+            median,
+            ci_low: median,
+            ci_high: median,
+            min: median,
+            max: median,
+            count: 10,
+        }
+    }
+
+    fn figure(name: &str, unit: &str, median: f64, ratio: Option<f64>) -> Figure {
+        Figure {
+            name: name.into(),
+            unit: unit.into(),
+            estimate: estimate(median),
+            ratio_to_baseline: ratio.map(estimate),
+        }
+    }
+
+    #[test]
+    fn completed_trial_line_names_kvm_kind() {
+        let line = trial_line(&record(TrialOutcome::Completed), KVM_LABEL, true).unwrap();
+        assert_eq!(
+            line,
+            "isobench: microvm trial 1 completed, launch to ready 520 ms  [paravirtual KVM \
+             (kvm_pvm)]"
+        );
+    }
+
+    #[test]
+    fn completed_trial_line_hidden_with_bar() {
+        assert_eq!(
+            trial_line(&record(TrialOutcome::Completed), KVM_LABEL, false),
+            None
+        );
+    }
+
+    #[test]
+    fn failed_trial_line_states_cause_once() {
+        let cause = "the Jupyter kernel exited with exit status 4 (guest triple fault)";
+        let outcome = TrialOutcome::Failed {
+            stage: TrialStage::Ready,
+            cause: cause.into(),
+            exit: Some(ExitInfo {
+                status: "exit status 4 (guest triple fault)".into(),
+                oom_killed: false,
+                last_output: "vCPU 0: triple fault".into(),
+            }),
+        };
+        let line = trial_line(&record(outcome), KVM_LABEL, true).unwrap();
+        let first = line.lines().next().unwrap();
+        assert_eq!(
+            first,
+            format!("isobench: microvm trial 1 failed at the ready step: {cause}")
+        );
+        assert_eq!(line.matches("exit status 4").count(), 1, "{line}");
+        assert!(
+            line.ends_with("  last output:\n    vCPU 0: triple fault"),
+            "{line}"
+        );
+        assert!(!line.contains('\u{1b}'), "no colour codes: {line:?}");
+    }
+
+    #[test]
+    fn headline_has_host_pss_ratio() {
+        let backend = BackendSummary {
+            backend: "docker".into(),
+            kind: BackendKind::Docker,
+            execution_host: ExecutionHost::Direct,
+            trials: 10,
+            completed: 10,
+            failures: Vec::new(),
+            interrupted: 0,
+            figures: vec![
+                figure("launch_to_ready", "s", 1.08, Some(1.773)),
+                figure("host_delta", "bytes", -12.3 * 1048576.0, None),
+                figure("host_pss", "bytes", 80.0 * 1048576.0, Some(1.175)),
+            ],
+            launch_to_ready_s: Vec::new(),
+            phases: Vec::new(),
+            cells: Vec::new(),
+            observations: Vec::new(),
+        };
+        assert_eq!(
+            headline(&backend, 10),
+            "docker   10 of 10 trials completed, launch to ready 1.08 s (1.77× process), \
+             host_delta -12.3 MiB, host_pss 80.0 MiB (1.18× process)"
+        );
     }
 }

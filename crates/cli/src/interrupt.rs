@@ -4,6 +4,7 @@
 //! apart from the measured trials.
 
 use isobench_harness::results::{ExecutionHost, Results, TrialOutcome, TrialRecord};
+use isobench_harness::summary::trial_name;
 
 /// Returns one line per backend saying how many of its planned trials finished and are kept
 /// in `results.json`, and how many warm-ups finished, preceded by a line naming the trial that
@@ -43,15 +44,10 @@ fn interrupted_at(results: &Results) -> String {
             _ => None,
         });
     match stopped {
-        Some((trial, stage)) => {
-            let kind = if trial.warmup { "warm-up" } else { "trial" };
-            format!(
-                "interrupted during {} {kind} {} at the {stage} step, which is not kept in any \
-                 figure",
-                trial.backend,
-                trial.round + 1
-            )
-        }
+        Some((trial, stage)) => format!(
+            "interrupted during {} at the {stage} step, which is not kept in any figure",
+            trial_name(&trial.backend, trial.round, trial.warmup)
+        ),
         None => "interrupted between two trials".to_owned(),
     }
 }
