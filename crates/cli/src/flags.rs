@@ -182,6 +182,27 @@ pub fn check_out_dir(flag: &str, dir: &Path, create_parents: bool) -> anyhow::Re
     }
 }
 
+/// Checks the output folder of `isobench report`, which re-renders into a folder that may hold
+/// an earlier report: the folder must be a folder if it exists, and be writable or creatable.
+/// Creates nothing.
+pub fn check_report_dir(flag: &str, dir: &Path) -> anyhow::Result<()> {
+    let shown = dir.display();
+    if dir.as_os_str().is_empty() {
+        anyhow::bail!("invalid {flag} \"\": pass a folder name");
+    }
+    match std::fs::metadata(dir) {
+        Ok(metadata) if !metadata.is_dir() => {
+            anyhow::bail!("invalid {flag} {shown}: it is a file, not a folder; pass a folder")
+        }
+        Ok(_) => probe_writable(flag, dir, dir),
+        Err(error) if is_absent(&error) => {
+            let parent = existing_parent(flag, dir, true)?;
+            probe_writable(flag, dir, &parent)
+        }
+        Err(error) => anyhow::bail!("invalid {flag} {shown}: {error}; pass another folder"),
+    }
+}
+
 /// Checks an output file flag (`--results`) before anything slow runs: the file must not exist
 /// yet, and its folder must exist and be writable. Creates nothing.
 pub fn check_new_file(flag: &str, file: &Path) -> anyhow::Result<()> {
@@ -558,6 +579,20 @@ mod tests {
             out_error(Path::new(""), false),
             "invalid --out \"\": pass a folder name"
         );
+    }
+
+    #[test]
+    fn report_dir_may_hold_earlier_report() {
+        let temporary = tempfile::tempdir().unwrap();
+        std::fs::write(temporary.path().join("index.html"), b"x").unwrap();
+        check_report_dir("--out", temporary.path()).unwrap();
+        check_report_dir("--out", &temporary.path().join("new/nested")).unwrap();
+
+        let file = temporary.path().join("index.html");
+        let message = check_report_dir("--out", &file).unwrap_err().to_string();
+        assert!(message.contains("it is a file, not a folder"), "{message}");
+        let names: Vec<_> = std::fs::read_dir(temporary.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "the checks left {names:?}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub struct ReportArgs {
 
 /// Runs `isobench report`.
 pub fn main(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    crate::flags::check_report_dir("--out", &args.out)?;
     let mut inputs = Vec::with_capacity(args.results.len());
     for path in &args.results {
         inputs.push(Results::read(path)?);

@@ -51,7 +51,8 @@ pub struct RunArgs {
         value_name = "SECONDS"
     )]
     trial_deadline: f64,
-    /// Also writes the results to this `results.json` file, rewritten after every trial.
+    /// Also writes the results to this `results.json` file, rewritten after every trial. The
+    /// file must not exist yet, and its folder must.
     #[arg(long, value_name = "FILE")]
     results: Option<PathBuf>,
     /// Prints the results and their summary as one JSON object instead of text.

@@ -371,3 +371,28 @@ fn cache_dir_must_be_folder() {
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
+
+#[test]
+fn report_rejects_file_as_out() {
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("report");
+    std::fs::write(&file, b"x").unwrap();
+    // The results file does not exist either, but the folder is checked first.
+    let results = scratch.path().join("results.json");
+    let output = isobench(
+        scratch.path(),
+        &[
+            "report",
+            results.to_str().unwrap(),
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    let line = error_line(&output);
+    let expected = format!(
+        "isobench: invalid --out {}: it is a file, not a folder; pass a folder",
+        file.display()
+    );
+    assert_eq!(line, expected);
+    assert_eq!(names_in(scratch.path()), ["report"]);
+}

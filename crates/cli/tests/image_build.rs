@@ -395,7 +395,7 @@ fn interrupted_build_removes_folders() {
     assert!(!mountinfo.contains(&root), "mounts left below {root}");
 }
 
-/// Builds the root filesystem over a damaged folder with its final name: one line says so, the
+/// Builds the root filesystem over a damaged folder with its final name: one line reports it, the
 /// new set replaces the old, and a link in the old folder keeps its target outside the cache.
 #[test]
 fn damaged_rootfs_is_rebuilt() {
