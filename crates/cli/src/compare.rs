@@ -67,8 +67,8 @@ pub struct CompareArgs {
     warmup: u32,
     #[command(flatten)]
     limits: LimitArgs,
-    /// Folder for results.json, summary.csv, index.html and the SVG charts.
-    /// Default: reports/<UTC timestamp>/ under the current folder.
+    /// Folder for results.json, summary.csv, index.html and the SVG charts: a new or empty
+    /// folder whose parent exists. Default: reports/<UTC timestamp>/ under the current folder.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Execution host of the microVM. Default: direct on a host with hardware KVM; elsewhere the
