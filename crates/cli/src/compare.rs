@@ -39,7 +39,9 @@ use isobench_vmm::emulated::{
 };
 use isobench_workload::Suite;
 
-use crate::flags::{check_out_dir, create_direct_backend, BackendArg, LimitArgs};
+use crate::flags::{
+    check_docker_vcpus, check_out_dir, create_direct_backend, BackendArg, LimitArgs,
+};
 use crate::interrupt::{kept_trials, planned_trials};
 
 /// Execution host of the microVM backend.
@@ -153,7 +155,9 @@ pub fn main(args: CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn resolve(args: CompareArgs) -> anyhow::Result<Settings> {
-    let limits = args.limits.check(args.trials, args.warmup, args.trial_deadline)?;
+    let limits = args
+        .limits
+        .check(args.trials, args.warmup, args.trial_deadline)?;
     let requested = args.backends.map(|list| {
         let mut kinds: Vec<BackendKind> = Vec::new();
         for backend in list {
@@ -164,6 +168,12 @@ fn resolve(args: CompareArgs) -> anyhow::Result<Settings> {
         }
         kinds
     });
+    let docker_may_run = requested
+        .as_ref()
+        .is_none_or(|kinds| kinds.contains(&BackendKind::Docker));
+    if docker_may_run {
+        check_docker_vcpus(args.limits.vcpus)?;
+    }
     // The folder is checked here, before the backends are probed and the guest image is built,
     // so a bad --out fails within a second instead of after minutes.
     let out = match args.out {

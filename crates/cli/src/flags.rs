@@ -143,6 +143,25 @@ impl LimitArgs {
     }
 }
 
+/// Checks `--vcpus` against the CPUs of this host when the `docker` backend runs, because the
+/// Docker engine rejects a CPU limit above them at container create (engine 20.10: "Range of
+/// CPUs is from 0.01 to 2.00, as there are only 2 CPUs available"). The count is the CPUs this
+/// process may run on, which matches the engine's own count unless the two have different CPU
+/// affinities.
+pub fn check_docker_vcpus(vcpus: u32) -> anyhow::Result<()> {
+    let Ok(cpus) = std::thread::available_parallelism() else {
+        return Ok(());
+    };
+    let cpus = cpus.get();
+    if vcpus as usize > cpus {
+        anyhow::bail!(
+            "invalid --vcpus {vcpus}: the docker backend's CPU limit cannot exceed this host's \
+             {cpus} CPUs; use at most {cpus}, or leave docker out of --backends"
+        );
+    }
+    Ok(())
+}
+
 /// Checks an output folder flag (`--out`) before anything slow runs: the folder must be new or
 /// empty, and the folder that will contain it must exist and be writable. With
 /// `create_parents`, missing parent folders are allowed, because they are created with it (the
@@ -412,6 +431,21 @@ mod tests {
             ..limits()
         };
         assert!(max.check(3, 1, 300.0).is_ok());
+    }
+
+    #[test]
+    fn docker_vcpus_above_host_cpus_rejected() {
+        let cpus = std::thread::available_parallelism().unwrap().get() as u32;
+        assert!(check_docker_vcpus(cpus).is_ok());
+        let message = check_docker_vcpus(cpus + 1).unwrap_err().to_string();
+        let expected = format!(
+            "invalid --vcpus {}: the docker backend's CPU limit",
+            cpus + 1
+        );
+        assert!(message.starts_with(&expected), "{message}");
+        assert!(message.ends_with(&format!(
+            "use at most {cpus}, or leave docker out of --backends"
+        )));
     }
 
     #[test]

@@ -26,7 +26,9 @@ use isobench_harness::trial::{TrialObserver, TrialSettings};
 use isobench_report::format::{format_mib, format_seconds};
 use isobench_workload::Suite;
 
-use crate::flags::{check_new_file, create_direct_backend, BackendArg, LimitArgs};
+use crate::flags::{
+    check_docker_vcpus, check_new_file, create_direct_backend, BackendArg, LimitArgs,
+};
 use crate::interrupt::kept_trials;
 
 /// Flags of `isobench run`.
@@ -93,6 +95,9 @@ async fn resolve(args: &RunArgs) -> anyhow::Result<RunConfigResolved> {
     let limits = args
         .limits
         .check(args.trials, args.warmup, args.trial_deadline)?;
+    if args.backend == BackendArg::Docker {
+        check_docker_vcpus(args.limits.vcpus)?;
+    }
     if let Some(results) = &args.results {
         check_new_file("--results", results)?;
     }

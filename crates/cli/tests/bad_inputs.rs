@@ -268,16 +268,15 @@ fn vcpu_limit_is_same_everywhere() {
         assert_eq!(line, expected, "isobench {args:?}");
     }
 
-    // The limit itself passes the check, so these fail later on the unreachable engine.
+    // The limit itself passes the check, so vm boot fails later, on the empty cache, before it
+    // starts the emulated host.
     let at_limit = max.to_string();
-    let output = isobench(
-        scratch.path(),
-        &["run", "--backend", "docker", "--vcpus", &at_limit],
-    );
+    let args = ["vm", "boot", "--host", "emulated", "--vcpus", &at_limit];
+    let output = isobench(scratch.path(), &args);
     let line = error_line(&output);
     assert!(!line.contains("--vcpus"), "{line}");
     assert!(
-        line.starts_with("isobench: backend docker cannot run here"),
+        line.starts_with("isobench: guest image not built"),
         "{line}"
     );
 }
@@ -395,4 +394,32 @@ fn report_rejects_file_as_out() {
     );
     assert_eq!(line, expected);
     assert_eq!(names_in(scratch.path()), ["report"]);
+}
+
+#[test]
+fn docker_vcpus_above_host_cpus_rejected() {
+    let scratch = tempfile::tempdir().unwrap();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let above = (cpus + 1).to_string();
+    let expected = format!(
+        "isobench: invalid --vcpus {above}: the docker backend's CPU limit cannot exceed this \
+         host's {cpus} CPUs; use at most {cpus}, or leave docker out of --backends"
+    );
+    let commands: [&[&str]; 3] = [
+        &["compare", "--vcpus", &above],
+        &["compare", "--backends", "process,docker", "--vcpus", &above],
+        &["run", "--backend", "docker", "--vcpus", &above],
+    ];
+    for args in commands {
+        let line = error_line(&isobench(scratch.path(), args));
+        assert_eq!(line, expected, "isobench {args:?}");
+    }
+
+    // Without docker the same count passes this check and fails later, on the empty cache.
+    let args = ["run", "--backend", "process", "--vcpus", &above];
+    let line = error_line(&isobench(scratch.path(), &args));
+    assert!(
+        line.starts_with("isobench: guest image not built"),
+        "{line}"
+    );
 }
