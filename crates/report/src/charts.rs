@@ -1,12 +1,14 @@
 //! The report's charts, each built from a run's summary, with the text shown beside it.
 
+use std::fmt::Write;
+
 use isobench_harness::results::{CellMetric, ExecutionHost};
 use isobench_harness::stats::quantile;
-use isobench_harness::summary::{BackendSummary, RunSummary};
+use isobench_harness::summary::{BackendSummary, RunSummary, BASELINE};
 use plotters::style::RGBColor;
 use serde::{Deserialize, Serialize};
 
-use crate::format::{format_bytes_axis, format_mb_s, format_seconds_axis, MIB};
+use crate::format::{format_bytes_axis, format_mb_s, format_seconds_axis, significant, MIB};
 use crate::plot::{
     self, Axis, BarRow, DistributionRow, Overlay, PlotError, RowSummary, Segment, Series,
     StackedRow, PALETTE,
@@ -84,6 +86,7 @@ pub fn run_charts(summary: &RunSummary, id_prefix: &str) -> Result<Vec<Chart>, P
         .iter()
         .filter(|backend| backend.execution_host == ExecutionHost::Emulated)
         .collect();
+    let percent = significant(summary.bootstrap.confidence * 100.0);
     for (backends, emulated) in [(direct, false), (emulated, true)] {
         if backends.is_empty() {
             continue;
@@ -95,11 +98,12 @@ pub fn run_charts(summary: &RunSummary, id_prefix: &str) -> Result<Vec<Chart>, P
             &backends,
             id("startup-distribution"),
             emulated,
+            &percent,
         )?);
-        charts.extend(host_memory(&backends, id("memory"), emulated)?);
+        charts.extend(host_memory(&backends, id("memory"), emulated, &percent)?);
         charts.extend(guest_view(&backends, id("guest-view"), emulated)?);
         charts.extend(cell_latency(&backends, id("cell-latency"), emulated)?);
-        charts.extend(throughput(&backends, id("throughput"), emulated)?);
+        charts.extend(throughput(&backends, id("throughput"), emulated, &percent)?);
     }
     Ok(charts)
 }
@@ -213,6 +217,7 @@ fn startup_distribution(
     backends: &[&BackendSummary],
     id: String,
     emulated: bool,
+    percent: &str,
 ) -> Result<Option<Chart>, PlotError> {
     let rows: Vec<DistributionRow> = backends
         .iter()
@@ -241,11 +246,12 @@ fn startup_distribution(
         id,
         title: emulation_title("Launch-to-ready time of every trial", emulated),
         svg,
-        explanation:
-            "One dot per trial; black bar: median; shaded box: its 95% interval; thin line: \
-            fastest to slowest. Overlapping boxes mean the run cannot rank those backends on \
-            startup (see the notes above)."
-                .into(),
+        explanation: format!(
+            "One dot per trial. Black bar: the median. Shaded box: the median's {percent}% \
+             interval. Thin line: fastest to slowest trial. Whether two backends can be ranked \
+             is decided by their paired ratios, trial by trial, in the notes above, not by \
+             whether these boxes overlap."
+        ),
         emulated,
     }))
 }
@@ -254,6 +260,7 @@ fn host_memory(
     backends: &[&BackendSummary],
     id: String,
     emulated: bool,
+    percent: &str,
 ) -> Result<Option<Chart>, PlotError> {
     let mut rows = Vec::new();
     for figure_name in HOST_MEMORY_FIGURES {
@@ -282,12 +289,14 @@ fn host_memory(
         id,
         title: emulated_memory_title("Memory by definition, at idle after ready", emulated),
         svg,
-        explanation: "Median over trials of each memory definition, with its 95% interval; the \
-            definitions differ and are never added up. host_delta is what the whole host gave \
-            up, so it counts a microVM's whole guest kernel and page cache, which the host \
-            cannot share. A container shares the host kernel and page cache, so it costs \
-            about what the plain process costs."
-            .into(),
+        explanation: format!(
+            "Median over trials of each memory definition, with its {percent}% interval. The \
+             definitions differ and are never added up. host_delta is what the whole host gave \
+             up, so it counts a microVM's whole guest kernel and page cache, which the host \
+             cannot share. A container shares the host kernel and page cache, so its extra \
+             cost is its own processes, such as the runtime's shim.{}",
+            ratio_sentences(backends, &["host_pss", "host_delta"], percent, emulated)
+        ),
         emulated,
     }))
 }
@@ -391,11 +400,14 @@ fn cell_latency(
         id,
         title: emulation_title("Cell latency: every repetition of every trial", emulated),
         svg,
-        explanation: "Every repetition on a log axis; black bar: p50, box: p25 to p75, ring: p99. \
-            Compute runs on the CPU directly in every backend, so compute cells differ little. \
-            The trivial cell shows one round trip, which grows with the path to the kernel: \
-            loopback, a Docker bridge, or a TAP link and virtio-net behind a hypervisor."
-            .into(),
+        explanation: format!(
+            "Every repetition on a log axis. Black bar: p50. Box: p25 to p75. Ring: p99. The \
+             trivial cell measures one round trip over the path to the Jupyter kernel: loopback \
+             for a process, a Docker bridge for a container, a TAP link and virtio-net for a \
+             microVM. The other cells add their compute, which runs directly on the CPU in \
+             every backend.{}",
+            p50_ratio_sentences(backends, emulated)
+        ),
         emulated,
     }))
 }
@@ -404,6 +416,7 @@ fn throughput(
     backends: &[&BackendSummary],
     id: String,
     emulated: bool,
+    percent: &str,
 ) -> Result<Option<Chart>, PlotError> {
     let mut rows = Vec::new();
     let mut cell_names: Vec<&str> = Vec::new();
@@ -452,13 +465,104 @@ fn throughput(
         title: emulation_title("Throughput of data-moving cells", emulated),
         svg,
         explanation: format!(
-            "Median over trials, with its 95% interval. Streaming output measures the path \
+            "Median over trials, with its {percent}% interval. Streaming output measures the path \
              from workload to host; file writes measure the storage path: the host's file \
              system for a process or container, a virtio-blk disk behind the hypervisor for a \
              microVM.{reading}"
         ),
         emulated,
     }))
+}
+
+/// States each backend's paired ratio to the baseline on `figures`, as computed from this run,
+/// such as ` In this run, docker's host_pss is 1.18× process's (95% interval 1.17 to 1.18).`
+/// Returns an empty string for the emulated host and where the baseline did not run.
+fn ratio_sentences(
+    backends: &[&BackendSummary],
+    figures: &[&str],
+    percent: &str,
+    emulated: bool,
+) -> String {
+    if emulated || !backends.iter().any(|backend| backend.backend == BASELINE) {
+        return String::new();
+    }
+    let mut text = String::new();
+    for backend in backends
+        .iter()
+        .filter(|backend| backend.backend != BASELINE)
+    {
+        let mut clauses = Vec::new();
+        for name in figures {
+            let Some(figure) = backend.figure(name) else {
+                continue;
+            };
+            let clause = match figure.ratio_to_baseline {
+                Some(ratio) => format!(
+                    "{name} is {}× {BASELINE}'s ({percent}% interval {} to {})",
+                    significant(ratio.median),
+                    significant(ratio.ci_low),
+                    significant(ratio.ci_high)
+                ),
+                None => format!("{name} is not compared with {BASELINE}'s (see the notes above)"),
+            };
+            clauses.push(clause);
+        }
+        if !clauses.is_empty() {
+            let _ = write!(
+                text,
+                " In this run, {}'s {}.",
+                backend.backend,
+                clauses.join(", and its ")
+            );
+        }
+    }
+    text
+}
+
+/// States each cell's p50 on each backend as a multiple of the baseline's p50, as computed
+/// from this run. These are ratios of p50s pooled over all repetitions, not paired ratios, so
+/// they carry no interval. Returns an empty string for the emulated host and where the
+/// baseline did not run.
+fn p50_ratio_sentences(backends: &[&BackendSummary], emulated: bool) -> String {
+    let Some(baseline) = backends.iter().find(|backend| backend.backend == BASELINE) else {
+        return String::new();
+    };
+    if emulated {
+        return String::new();
+    }
+    let mut text = String::new();
+    for backend in backends
+        .iter()
+        .filter(|backend| backend.backend != BASELINE)
+    {
+        let mut ratios = Vec::new();
+        for cell in backend
+            .cells
+            .iter()
+            .filter(|cell| cell.metric == CellMetric::Latency)
+        {
+            let own = cell.latency.map(|latency| latency.p50);
+            let base = baseline
+                .cell(&cell.name)
+                .and_then(|cell| cell.latency)
+                .map(|latency| latency.p50);
+            if let (Some(own), Some(base)) = (own, base) {
+                if base > 0.0 {
+                    ratios.push(format!("{} {}×", cell.name, significant(own / base)));
+                }
+            }
+        }
+        if !ratios.is_empty() {
+            let _ = write!(
+                text,
+                " In this run, {}'s p50 as a multiple of {BASELINE}'s, from the pooled \
+                 repetitions and without an interval: {}.",
+                backend.backend,
+                ratios.join(", ")
+            );
+        }
+    }
+    text
 }
 
 /// Returns whether positive `values` differ by at least a factor of ten, so a linear axis

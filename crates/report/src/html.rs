@@ -71,7 +71,7 @@ fn host_section(anchor: &str, host: &HostSection<'_>) -> String {
     let mut html = String::new();
     let _ = write!(
         html,
-        "<section class=\"host\" id=\"{anchor}\"><h2>Host {}</h2>",
+        "<section class=\"host\" id=\"{anchor}\"><h2>Host: {}</h2>",
         escape(&host.label)
     );
     html.push_str(&metadata_table(host.results));
@@ -80,6 +80,7 @@ fn host_section(anchor: &str, host: &HostSection<'_>) -> String {
         host.summary,
         host.results.run.config.trials as usize,
     ));
+    html.push_str(&summary_caption(host.summary));
     html.push_str(&observations_table(host.summary));
     html.push_str(&notes(host.results, host.summary));
 
@@ -231,7 +232,8 @@ fn summary_table(summary: &RunSummary, planned: usize) -> String {
     let mut html = String::from(
         "<div class=\"table-wrap\"><table class=\"summary\"><thead><tr><th>Backend</th><th>Trials</th>\
          <th>Launch to ready</th><th>× process</th><th>host_delta</th><th>× process</th>\
-         <th>host_pss</th><th>trivial p50</th><th>trivial p99</th></tr></thead><tbody>",
+         <th>host_pss</th><th>× process</th><th>trivial p50</th><th>trivial p99</th></tr>\
+         </thead><tbody>",
     );
     for backend in &summary.backends {
         let name = match backend.execution_host {
@@ -265,17 +267,19 @@ fn summary_table(summary: &RunSummary, planned: usize) -> String {
         );
         let ready = backend.figure("launch_to_ready");
         let delta = backend.figure("host_delta");
+        let pss = backend.figure("host_pss");
         let trivial = backend.cell("trivial").and_then(|cell| cell.latency);
         let _ = write!(
             html,
             "<tr><td>{name}</td><td>{trials}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td>{}</td></tr>",
             estimate_cell(ready, format_seconds),
             ratio_cell(backend, ready),
             estimate_cell(delta, format_mib),
             ratio_cell(backend, delta),
-            estimate_cell(backend.figure("host_pss"), format_mib),
+            estimate_cell(pss, format_mib),
+            ratio_cell(backend, pss),
             trivial
                 .map(|p| format_seconds(p.p50))
                 .unwrap_or_else(|| "–".into()),
@@ -286,6 +290,17 @@ fn summary_table(summary: &RunSummary, planned: usize) -> String {
     }
     html.push_str("</tbody></table></div>");
     html
+}
+
+/// Formats the caption that explains the summary table's small print and dashes.
+fn summary_caption(summary: &RunSummary) -> String {
+    let percent = significant(summary.bootstrap.confidence * 100.0);
+    format!(
+        "<p class=\"caption\">Each figure is the median over the completed trials, with its \
+         {percent}% bootstrap interval in small print. × process is the median of the ratios \
+         to process, trial by trial (see Methods), with its interval. A dash means the figure \
+         or its ratio was not measured or not compared, and the notes below say why.</p>"
+    )
 }
 
 /// Answers of the observation cells per backend, such as the kernel release each workload
@@ -390,12 +405,10 @@ fn notes(results: &Results, summary: &RunSummary) -> String {
         .backends
         .iter()
         .flat_map(|backend| {
-            backend.failures.iter().map(move |failure| {
-                format!(
-                    "{} round {}: failed at the {} step: {}",
-                    backend.backend, failure.round, failure.stage, failure.cause
-                )
-            })
+            backend
+                .failures
+                .iter()
+                .map(|failure| failure.describe(&backend.backend))
         })
         .collect();
     if !failures.is_empty() {

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use isobench_harness::host::KvmFlavour;
 use isobench_harness::results::{ExecutionHost, Results};
+use isobench_report::format::significant;
 use isobench_report::Report;
 
 /// Charts a single run with direct `process` and `docker` and an emulated `microvm` must have.
@@ -142,7 +143,104 @@ fn report_shows_observations_per_backend() {
 fn report_shows_failed_trial_cause() {
     let report = Report::build(&[common::results("lab-host", 4)], "2026-12-04").unwrap();
     assert!(report.html.contains("Failed trials"));
-    assert!(report.html.contains("exited before ready"));
+    // The fixture's failed trial is docker's fifth, in zero-based round 4, as the CLI names it.
+    assert!(
+        report.html.contains(
+            "docker trial 5 failed at the ready step: the Jupyter kernel exited with exit status 1"
+        ),
+        "the failure is named as the CLI names it"
+    );
+    assert!(!report.html.contains("round 4"), "no zero-based round");
+}
+
+#[test]
+fn host_heading_reads_for_short_names() {
+    let report = Report::build(&[common::results("vm", 4)], "2026-12-04").unwrap();
+    assert!(report.html.contains("<h2>Host: vm</h2>"));
+}
+
+#[test]
+fn summary_shows_host_pss_ratio() {
+    let report = Report::build(&[common::results("lab-host", 6)], "2026-12-04").unwrap();
+    let table_start = report.html.find("<table class=\"summary\">").unwrap();
+    let table = &report.html[table_start..];
+    let table = &table[..table.find("</table>").unwrap()];
+    let header = table.matches("<th>× process</th>").count();
+    assert_eq!(
+        header, 3,
+        "launch to ready, host_delta and host_pss have ratio columns"
+    );
+    let ratio = report.summaries[0]
+        .backend("docker")
+        .unwrap()
+        .figure("host_pss")
+        .unwrap()
+        .ratio_to_baseline
+        .unwrap();
+    let shown = format!("{}×<span class=\"interval\">", significant(ratio.median));
+    assert!(table.contains(&shown), "{shown} not in the summary");
+}
+
+#[test]
+fn memory_text_states_computed_ratios() {
+    let report = Report::build(&[common::results("lab-host", 6)], "2026-12-04").unwrap();
+    let memory = report
+        .charts
+        .iter()
+        .find(|chart| chart.id == "memory")
+        .unwrap();
+    let docker = report.summaries[0].backend("docker").unwrap();
+    for name in ["host_pss", "host_delta"] {
+        let ratio = docker.figure(name).unwrap().ratio_to_baseline.unwrap();
+        let stated = format!("{name} is {}× process's", significant(ratio.median));
+        assert!(
+            memory.explanation.contains(&stated),
+            "{stated} not in: {}",
+            memory.explanation
+        );
+    }
+    assert!(
+        !memory.explanation.contains("about what"),
+        "no ratio written in by hand: {}",
+        memory.explanation
+    );
+    let emulated = report
+        .charts
+        .iter()
+        .find(|chart| chart.id == "memory-emulated")
+        .unwrap();
+    assert!(
+        !emulated.explanation.contains("In this run"),
+        "the emulated host is not compared: {}",
+        emulated.explanation
+    );
+}
+
+#[test]
+fn latency_text_states_computed_ratios() {
+    let report = Report::build(&[common::results("lab-host", 6)], "2026-12-04").unwrap();
+    let latency = report
+        .charts
+        .iter()
+        .find(|chart| chart.id == "cell-latency")
+        .unwrap();
+    let summary = &report.summaries[0];
+    let p50 = |backend: &str| {
+        summary
+            .backend(backend)
+            .unwrap()
+            .cell("trivial")
+            .unwrap()
+            .latency
+            .unwrap()
+            .p50
+    };
+    let stated = format!("trivial {}×", significant(p50("docker") / p50("process")));
+    assert!(
+        latency.explanation.contains(&stated),
+        "{stated} not in: {}",
+        latency.explanation
+    );
 }
 
 #[test]

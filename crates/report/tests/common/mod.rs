@@ -196,7 +196,7 @@ pub fn results(hostname: &str, rounds: u32) -> Results {
     let mut failed = trial(1, rounds, false);
     failed.outcome = TrialOutcome::Failed {
         stage: TrialStage::Ready,
-        cause: "Jupyter kernel exited before ready (exit status 1)".into(),
+        cause: "the Jupyter kernel exited with exit status 1".into(),
         exit: None,
     };
     trials.push(failed);
