@@ -423,3 +423,22 @@ fn docker_vcpus_above_host_cpus_rejected() {
         "{line}"
     );
 }
+
+#[test]
+fn relative_cache_dir_becomes_absolute() {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = Command::new(ISOBENCH)
+        .args(["image", "status", "--json", "--no-docker"])
+        .env("ISOBENCH_CACHE_DIR", "cache")
+        .current_dir(scratch.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let expected = scratch.path().join("cache");
+    assert_eq!(status["cache_dir"], expected.to_string_lossy().as_ref());
+    assert!(status["sets"][0]["dir"]
+        .as_str()
+        .unwrap()
+        .starts_with(expected.to_str().unwrap()));
+}

@@ -44,7 +44,8 @@ pub struct Cache {
 impl Cache {
     /// Cache at `$ISOBENCH_CACHE_DIR`, else `$XDG_CACHE_HOME/isobench`, else
     /// `$HOME/.cache/isobench`.
-    /// Fails with [`ImageError::CacheNotFolder`] when that path exists but is not a folder.
+    /// A relative path is made absolute against the working folder. Fails with
+    /// [`ImageError::CacheNotFolder`] when the path exists but is not a folder.
     pub fn from_env() -> Result<Cache, ImageError> {
         let variable = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
         let cache = if let Some(dir) = variable(CACHE_DIR_ENV) {
@@ -59,7 +60,11 @@ impl Cache {
         if cache.root.exists() && !cache.root.is_dir() {
             return Err(ImageError::CacheNotFolder(cache.root));
         }
-        Ok(cache)
+        // The build scripts change their working folder, so a relative path would name
+        // another folder inside them.
+        let root = std::path::absolute(&cache.root)
+            .map_err(ImageError::io("resolving", &cache.root))?;
+        Ok(Cache::at(root))
     }
 
     /// Cache at `root`.
