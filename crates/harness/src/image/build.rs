@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::backend::GuestImagePaths;
 use crate::image::cache::{Cache, Manifest, MANIFEST_FILE, TEMPORARY_PREFIX, WORK_PREFIX};
@@ -154,7 +154,8 @@ pub fn build_sets(
                         return Ok(SetOutcome::Reused);
                     }
                     if let Some((_, damage)) = damages.iter().find(|(owner, _)| *owner == set) {
-                        warn!(set = set.name(), %damage, "rebuilding a damaged artifact set");
+                        // At info level, because the progress line already shows it.
+                        info!(set = set.name(), %damage, "rebuilding a damaged artifact set");
                         progress.damaged(set, damage);
                     }
                     progress.started(set, &hash);
