@@ -366,11 +366,47 @@ fn install_set(
             Ok(())
         }
         SetState::Damaged(_) => {
-            exchange(temporary, final_dir).map_err(ImageError::io("replacing", final_dir))?;
+            match exchange(temporary, final_dir) {
+                Ok(()) => {}
+                // EINVAL: the file system cannot swap names (NFS, for one).
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    replace_by_renames(temporary, final_dir, set, hash)?
+                }
+                Err(error) => {
+                    return Err(ImageError::Io {
+                        action: "replacing",
+                        path: final_dir.to_path_buf(),
+                        source: error,
+                    })
+                }
+            }
             info!(dir = %final_dir.display(), "replaced a damaged artifact set");
             Ok(())
         }
     }
+}
+
+/// Replaces the damaged `final_dir` with `temporary` in two renames, for file systems without
+/// `RENAME_EXCHANGE`. Between them the set is missing, never half-written. The damaged folder
+/// moves to a `.tmp-` name with this process's id, which the next build removes if this one
+/// stops before it does.
+fn replace_by_renames(
+    temporary: &Path,
+    final_dir: &Path,
+    set: ArtifactSet,
+    hash: &str,
+) -> Result<(), ImageError> {
+    let parent = final_dir.parent().unwrap_or(Path::new("."));
+    let pid = std::process::id();
+    let old = parent.join(format!(
+        "{TEMPORARY_PREFIX}damaged-{}-{hash}-{pid}",
+        set.name()
+    ));
+    std::fs::rename(final_dir, &old).map_err(ImageError::io("renaming", final_dir))?;
+    let renamed =
+        std::fs::rename(temporary, final_dir).map_err(ImageError::io("renaming", temporary));
+    remove_build_folder(&old);
+    renamed
 }
 
 /// Swaps the names of `first` and `second` atomically (`renameat2` with `RENAME_EXCHANGE`,
@@ -755,6 +791,21 @@ mod tests {
         assert!(std::fs::symlink_metadata(&link).unwrap().is_dir());
         assert!(target.join("left-by-hand").exists());
         assert!(target.join("vmlinux").exists());
+        assert!(cache.unfinished_builds().is_empty());
+    }
+
+    #[test]
+    fn renames_replace_damaged_set() {
+        let temporary = tempfile::tempdir().unwrap();
+        let cache = Cache::at(temporary.path());
+        let dir = damaged_kernel(&cache, "h10");
+        let new = temporary.path().join(".tmp-kernel-h10-1");
+        write_test_set(&new, ArtifactSet::Kernel, "h10");
+
+        replace_by_renames(&new, &dir, ArtifactSet::Kernel, "h10").unwrap();
+        assert!(cache.is_complete(ArtifactSet::Kernel, "h10"));
+        assert!(!dir.join("left-by-hand").exists());
+        assert!(!new.exists());
         assert!(cache.unfinished_builds().is_empty());
     }
 
