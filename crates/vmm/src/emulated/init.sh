@@ -94,6 +94,9 @@ status_port=$(find_port isobench.status) || { status_port=/dev/null; fail "port_
 stdout_port=$(find_port isobench.stdout) || fail "port_missing stdout"
 stderr_port=$(find_port isobench.stderr) || fail "port_missing stderr"
 
+# A heartbeat record every 5 s lets the host side tell a frozen emulated host from a slow one.
+( while sleep 5; do report heartbeat; done ) &
+
 [ -c /dev/kvm ] || fail "kvm_missing"
 # The nested KVM's settings, for reading a failed run's console.
 for parameter in /sys/module/kvm_amd/parameters/*; do

@@ -18,6 +18,14 @@
 //!    outer kernel's command line, checks `/dev/kvm`, runs the command with its stdout and
 //!    stderr on two virtio-serial ports and reports on a third one, the status port. The outer
 //!    machine's console (kernel log and init messages) goes to a fourth file.
+//! 4. While the command runs, the init script sends a heartbeat record every 5 s. When no record
+//!    arrives for 60 s, the host side records the processors and interrupt controllers through
+//!    QEMU's human monitor, sends an NMI, and kills QEMU with [`EmulatedError::Frozen`] unless
+//!    a record arrives within 20 s more.
+//!
+//! Two environment variables change the outer machine for experiments: `ISOBENCH_EMULATED_CPU`
+//! replaces QEMU's `-cpu max`, and the words of `ISOBENCH_EMULATED_APPEND` are appended to the
+//! outer kernel's command line, where `kvm_amd.option=value` also sets a module option.
 //!
 //! Every duration measured here is an emulation timing: the outer machine runs under TCG, many
 //! times slower than hardware, so these figures must never be mixed with real measurements.
@@ -29,6 +37,7 @@ mod cache;
 mod cpio;
 mod direct;
 mod initramfs;
+mod monitor;
 mod program;
 mod qemu;
 mod status;
@@ -120,6 +129,28 @@ pub enum EmulatedError {
         /// Everything collected until QEMU stopped.
         partial: Box<EmulatedOutput>,
     },
+    /// The emulated host sent no status record, not even its heartbeat, for `silence`, nor
+    /// after an NMI, so QEMU was killed.
+    #[error(
+        "emulated host frozen: no heartbeat for {silence:?} nor after an NMI, so QEMU was \
+         killed (last status record: {last_record} at outer uptime {last_uptime}, kernel fault: \
+         {kernel_fault})"
+    )]
+    Frozen {
+        /// Time without a status record before the NMI.
+        silence: Duration,
+        /// The last status record other than a heartbeat, or "none".
+        last_record: String,
+        /// The outer uptime of the last status record, heartbeats included, or "none".
+        last_uptime: String,
+        /// The first line of the emulated host's console that reports a kernel fault, or "none".
+        kernel_fault: String,
+        /// State shown by QEMU's monitor before the NMI: processors, registers, interrupt
+        /// controllers.
+        monitor_record: String,
+        /// Everything collected until QEMU was killed.
+        partial: Box<EmulatedOutput>,
+    },
     /// The run's cancel flag was set; QEMU (or the command on a direct host) was killed.
     #[error("emulated run cancelled after {elapsed:?}, and its QEMU (or command) was killed")]
     Cancelled {
@@ -152,6 +183,7 @@ impl EmulatedError {
         match self {
             EmulatedError::NoExitStatus { partial, .. }
             | EmulatedError::Cancelled { partial, .. }
+            | EmulatedError::Frozen { partial, .. }
             | EmulatedError::TimedOut { partial, .. } => Some(partial),
             _ => None,
         }

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::monitor;
 use super::status::{self, StatusEvent};
 use super::{
     initramfs, io_error, EmulatedError, EmulatedHost, EmulatedOutput, EmulatedRun, EmulationTimings,
@@ -46,6 +47,16 @@ const KERNEL_FAULT_MARKERS: [&str; 5] = [
 ];
 /// Interval of polling QEMU and the status file.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Time without a new status record after which the emulated host counts as frozen. The init
+/// script sends a heartbeat record every 5 s of outer uptime, and QEMU's TCG clock follows the
+/// host's wall clock, so only a host whose timers stopped firing stays silent this long.
+const HEARTBEAT_SILENCE: Duration = Duration::from_secs(60);
+/// Time to wait for a heartbeat after sending a frozen host an NMI.
+const NMI_GRACE: Duration = Duration::from_secs(20);
+/// File name of QEMU's human monitor socket in the scratch folder.
+const MONITOR_SOCKET: &str = "monitor.sock";
+/// Longest path of a Unix socket (`sun_path` of `sockaddr_un`, terminating NUL included).
+const MAX_SOCKET_PATH_BYTES: usize = 108;
 /// Memory beyond the run's own for the outer kernel.
 const OUTER_KERNEL_MIB: u64 = 256;
 
@@ -142,8 +153,11 @@ pub(super) fn run(host: &EmulatedHost, run: &EmulatedRun) -> Result<EmulatedOutp
 
     let mut timings = EmulationTimings::default();
     let mut stamped = 0;
+    let mut heartbeat = HeartbeatWatch::new(start);
     let exit = loop {
-        let events = status::parse_status(&String::from_utf8_lossy(&files.read("status")));
+        let status_text = String::from_utf8_lossy(&files.read("status")).into_owned();
+        heartbeat.observe(status_text.len());
+        let events = status::parse_status(&status_text);
         for event in &events[stamped..] {
             let slot = match event {
                 StatusEvent::KvmReady => &mut timings.kvm_ready,
@@ -173,6 +187,30 @@ pub(super) fn run(host: &EmulatedHost, run: &EmulatedRun) -> Result<EmulatedOutp
                 elapsed: start.elapsed(),
                 partial: Box::new(partial),
             });
+        }
+        match heartbeat.check(&files, run.vcpus, qemu.child.id()) {
+            Heartbeat::Alive => {}
+            Heartbeat::Frozen { monitor_record } => {
+                drop(qemu);
+                let events = collect_events(&files);
+                let partial = collect_output(&files, timings, None);
+                let status_text = String::from_utf8_lossy(&files.read("status")).into_owned();
+                let last_uptime = status::last_uptime(&status_text)
+                    .map_or_else(|| "none".to_owned(), |uptime| format!("{uptime} s"));
+                tracing::error!(
+                    silence = ?HEARTBEAT_SILENCE,
+                    console_tail = %tail(&partial.console),
+                    "the emulated host froze and did not resume after an NMI"
+                );
+                return Err(EmulatedError::Frozen {
+                    silence: HEARTBEAT_SILENCE,
+                    last_record: status::describe(events.last()),
+                    last_uptime,
+                    kernel_fault: kernel_fault(&partial.console),
+                    monitor_record,
+                    partial: Box::new(partial),
+                });
+            }
         }
         if start.elapsed() > run.timeout {
             drop(qemu);
@@ -231,6 +269,109 @@ pub(super) fn run(host: &EmulatedHost, run: &EmulatedRun) -> Result<EmulatedOutp
     Ok(output)
 }
 
+/// Result of [`HeartbeatWatch::check`].
+enum Heartbeat {
+    /// Status records arrive, or the host is being given time to resume after an NMI.
+    Alive,
+    /// No record arrived for [`HEARTBEAT_SILENCE`], nor within [`NMI_GRACE`] after an NMI.
+    Frozen {
+        /// State shown by QEMU's monitor when the silence was noticed.
+        monitor_record: String,
+    },
+}
+
+/// Watches the status file for the init script's heartbeat records.
+struct HeartbeatWatch {
+    status_bytes: usize,
+    last_growth: Instant,
+    /// When the NMI was sent, and the monitor's record from just before.
+    nmi: Option<(Instant, String)>,
+}
+
+impl HeartbeatWatch {
+    fn new(start: Instant) -> Self {
+        HeartbeatWatch {
+            status_bytes: 0,
+            last_growth: start,
+            nmi: None,
+        }
+    }
+
+    fn observe(&mut self, status_bytes: usize) {
+        if status_bytes > self.status_bytes {
+            self.status_bytes = status_bytes;
+            self.last_growth = Instant::now();
+        }
+    }
+
+    /// Records the host's state and sends it an NMI once the status file has been silent for
+    /// [`HEARTBEAT_SILENCE`], then declares it frozen when nothing arrives within
+    /// [`NMI_GRACE`].
+    fn check(&mut self, files: &RunFiles, vcpus: u8, qemu_pid: u32) -> Heartbeat {
+        let Some((sent, _)) = &self.nmi else {
+            if self.last_growth.elapsed() > HEARTBEAT_SILENCE {
+                let mut record = thread_states(qemu_pid);
+                record.push_str(&monitor::record_frozen_state(
+                    &files.path(MONITOR_SOCKET),
+                    vcpus,
+                ));
+                tracing::warn!(
+                    silence = ?self.last_growth.elapsed(),
+                    monitor_record = %record,
+                    "the emulated host sent no status record in time: sent it an NMI"
+                );
+                self.nmi = Some((Instant::now(), record));
+            }
+            return Heartbeat::Alive;
+        };
+        if self.last_growth > *sent {
+            tracing::warn!(after = ?sent.elapsed(), "the emulated host resumed after an NMI");
+            self.nmi = None;
+            return Heartbeat::Alive;
+        }
+        if sent.elapsed() <= NMI_GRACE {
+            return Heartbeat::Alive;
+        }
+        let monitor_record = self
+            .nmi
+            .take()
+            .map(|(_, record)| record)
+            .unwrap_or_default();
+        Heartbeat::Frozen { monitor_record }
+    }
+}
+
+/// Returns one line per thread of process `pid`: its id, name, scheduler state, the kernel
+/// function it waits in and its CPU time in clock ticks, from `/proc/PID/task`.
+fn thread_states(pid: u32) -> String {
+    let mut lines = String::from("QEMU threads (tid name state wchan utime stime):\n");
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return lines;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let stat = fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let wchan = fs::read_to_string(path.join("wchan")).unwrap_or_default();
+        // The name is in brackets and may contain spaces, but the fields after it are plain.
+        let (name, rest) = match (stat.find('('), stat.rfind(')')) {
+            (Some(open), Some(close)) if open < close => {
+                (&stat[open + 1..close], &stat[close + 1..])
+            }
+            _ => ("?", ""),
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |index: usize| fields.get(index).copied().unwrap_or("?");
+        lines.push_str(&format!(
+            "  {} {name} {} {wchan} {} {}\n",
+            task.file_name().to_string_lossy(),
+            field(0),
+            field(11),
+            field(12)
+        ));
+    }
+    lines
+}
+
 /// Makes the kernel kill QEMU with SIGKILL when the thread that spawned it dies, so that QEMU
 /// does not outlive a caller killed without running the guard's Drop (for example by SIGKILL).
 fn set_parent_death_signal() -> std::io::Result<()> {
@@ -248,9 +389,16 @@ fn qemu_command(
     initrd: &Path,
     memory_mib: u64,
 ) -> Command {
+    // Experiment knobs for the outer machine: a `-cpu` model and words appended to the outer
+    // kernel's command line (which also carries `kvm_amd.option=value` module options).
+    let cpu = std::env::var("ISOBENCH_EMULATED_CPU").unwrap_or_else(|_| "max".to_owned());
+    let cmdline = match std::env::var("ISOBENCH_EMULATED_APPEND") {
+        Ok(extra) => format!("{OUTER_CMDLINE} {extra}"),
+        Err(_) => OUTER_CMDLINE.to_owned(),
+    };
     let mut command = Command::new(QEMU);
     command
-        .args(["-accel", "tcg", "-cpu", "max", "-machine", "pc"])
+        .args(["-accel", "tcg", "-cpu", &cpu, "-machine", "pc"])
         .args([
             "-m",
             &format!("{memory_mib}M"),
@@ -264,12 +412,24 @@ fn qemu_command(
             "none",
             "-no-reboot",
         ])
-        .args(["-nic", "none", "-monitor", "none"])
+        .args(["-nic", "none"]);
+    // The human monitor lets a frozen host's state be recorded before it is killed.
+    let socket = files.path(MONITOR_SOCKET);
+    if socket.as_os_str().len() < MAX_SOCKET_PATH_BYTES {
+        command.arg("-monitor").arg(format!(
+            "unix:{},server=on,wait=off",
+            escape_option(&socket)
+        ));
+    } else {
+        tracing::warn!(path = %socket.display(), "socket path too long: QEMU runs without a monitor");
+        command.args(["-monitor", "none"]);
+    }
+    command
         .arg("-kernel")
         .arg(&host.kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", OUTER_CMDLINE]);
+        .args(["-append", &cmdline]);
     command
         .arg("-chardev")
         .arg(format!(

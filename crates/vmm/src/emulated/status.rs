@@ -27,6 +27,13 @@ pub(super) fn parse_status(text: &str) -> Vec<StatusEvent> {
         .collect()
 }
 
+/// Returns the outer uptime of the last complete status line, heartbeats included.
+pub(super) fn last_uptime(text: &str) -> Option<&str> {
+    let complete = &text[..text.rfind('\n')?];
+    let line = complete.rsplit('\n').next()?;
+    line.split(' ').next().filter(|uptime| !uptime.is_empty())
+}
+
 /// Returns the events framed in the console output.
 pub(super) fn parse_console(console: &[u8]) -> Vec<StatusEvent> {
     const START: &[u8] = b"\x1eisobench-emulated:";
@@ -56,6 +63,8 @@ fn parse_event(text: &str) -> Option<StatusEvent> {
     let event = match (words.next()?, words.next()) {
         ("kvm_ready", _) => StatusEvent::KvmReady,
         ("command_started", _) => StatusEvent::CommandStarted,
+        // A sign of life every 5 s, which only the watch on the status file's size uses.
+        ("heartbeat", _) => return None,
         ("exit", Some(code)) => StatusEvent::Exit(code.trim().parse().ok()?),
         ("error", Some(detail)) => StatusEvent::Error(detail.trim().to_owned()),
         _ => return None,
@@ -103,6 +112,18 @@ mod tests {
     #[test]
     fn status_partial_and_unknown_lines_ignored() {
         assert_eq!(parse_status("1.0 hello\n2.0 exit\n3.0 exit x\n"), []);
+    }
+
+    #[test]
+    fn heartbeats_not_events_but_uptime_read() {
+        let text = "3.91 kvm_ready\n8.93 heartbeat\n13.95 heartbeat\n14.0 exi";
+        assert_eq!(parse_status(text), [StatusEvent::KvmReady]);
+        assert_eq!(last_uptime(text), Some("13.95"));
+    }
+
+    #[test]
+    fn last_uptime_none_without_complete_line() {
+        assert_eq!(last_uptime("3.9"), None);
     }
 
     #[test]
