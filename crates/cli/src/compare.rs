@@ -735,11 +735,16 @@ fn headline(backend: &BackendSummary, planned: usize) -> String {
             continue;
         };
         let mut part = format!("{label} {}", format(figure.estimate.median));
-        if let Some(ratio) = figure.ratio_to_baseline {
-            part.push_str(&format!(
+        let compared =
+            backend.backend != BASELINE && backend.execution_host == ExecutionHost::Direct;
+        match figure.ratio_to_baseline {
+            Some(ratio) => part.push_str(&format!(
                 " ({}× {BASELINE})",
                 format_significant(ratio.median)
-            ));
+            )),
+            // The report's notes say why, such as readings of zero or below.
+            None if compared => part.push_str(&format!(" (not compared with {BASELINE})")),
+            None => {}
         }
         parts.push(part);
     }
@@ -997,7 +1002,8 @@ mod tests {
         assert_eq!(
             headline(&backend, 10),
             "docker   10 of 10 trials completed, launch to ready 1.08 s (1.77× process), \
-             host_delta -12.3 MiB, host_pss 80.0 MiB (1.18× process)"
+             host_delta -12.3 MiB (not compared with process), host_pss 80.0 MiB (1.18× \
+             process)"
         );
     }
 }

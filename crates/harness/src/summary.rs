@@ -293,7 +293,8 @@ pub fn describe_failure(
 /// Formats a value with three significant digits and no exponent, such as `1.77`, `0.0123` or
 /// `123`. Every ratio in the summary's notes and in the report uses it, so they agree.
 pub fn format_significant(value: f64) -> String {
-    let magnitude = value.abs();
+    // Rounding first keeps a value such as 99.97 from printing as `100.0`, with four digits.
+    let magnitude = round_significant(value.abs());
     let decimals = if magnitude >= 100.0 || magnitude == 0.0 || !magnitude.is_finite() {
         0
     } else if magnitude >= 10.0 {
@@ -304,6 +305,26 @@ pub fn format_significant(value: f64) -> String {
         (2 - magnitude.log10().floor() as i32).clamp(0, 9) as usize
     };
     format!("{value:.decimals$}")
+}
+
+/// Rounds a non-negative value to three significant digits.
+fn round_significant(magnitude: f64) -> f64 {
+    if magnitude == 0.0 || !magnitude.is_finite() {
+        return magnitude;
+    }
+    let scale = 10f64.powi(2 - magnitude.log10().floor() as i32);
+    (magnitude * scale).round() / scale
+}
+
+/// Formats a confidence level given as a fraction as a percentage without trailing zeros, such
+/// as `95` for 0.95 or `99.5` for 0.995.
+pub fn format_percent(fraction: f64) -> String {
+    let text = format_significant(fraction * 100.0);
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
 }
 
 impl BackendSummary {
@@ -657,7 +678,7 @@ fn comparison_note(
     ranked: bool,
 ) -> String {
     let (name, other_name) = (&backend.backend, &other.backend);
-    let percent = format_significant(bootstrap.confidence * 100.0);
+    let percent = format_percent(bootstrap.confidence);
     let median = format_significant(ratio.median);
     let low = format_significant(ratio.ci_low);
     let high = format_significant(ratio.ci_high);
@@ -978,6 +999,32 @@ mod tests {
         assert_eq!(format_significant(17.75), "17.8");
         assert_eq!(format_significant(123.4), "123");
         assert_eq!(format_significant(0.0), "0");
+        assert_eq!(format_significant(99.97), "100");
+        assert_eq!(format_significant(9.996), "10.0");
+        assert_eq!(format_significant(0.09996), "0.100");
+        assert_eq!(format_significant(-99.97), "-100");
+    }
+
+    #[test]
+    fn percent_drops_trailing_zeros() {
+        assert_eq!(format_percent(0.95), "95");
+        assert_eq!(format_percent(0.995), "99.5");
+        assert_eq!(format_percent(0.5), "50");
+    }
+
+    #[test]
+    fn note_states_confidence_as_percent() {
+        let summary = summary();
+        let comparison = summary
+            .comparisons
+            .iter()
+            .find(|c| c.figure == "launch_to_ready")
+            .unwrap();
+        assert!(
+            comparison.note.contains(", 95% interval"),
+            "{}",
+            comparison.note
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use isobench_harness::results::{CellMetric, ExecutionHost};
 use isobench_harness::stats::quantile;
-use isobench_harness::summary::{BackendSummary, RunSummary, BASELINE};
+use isobench_harness::summary::{format_percent, BackendSummary, RunSummary, BASELINE};
 use plotters::style::RGBColor;
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +86,7 @@ pub fn run_charts(summary: &RunSummary, id_prefix: &str) -> Result<Vec<Chart>, P
         .iter()
         .filter(|backend| backend.execution_host == ExecutionHost::Emulated)
         .collect();
-    let percent = significant(summary.bootstrap.confidence * 100.0);
+    let percent = format_percent(summary.bootstrap.confidence);
     for (backends, emulated) in [(direct, false), (emulated, true)] {
         if backends.is_empty() {
             continue;
@@ -446,13 +446,13 @@ fn throughput(
     let log = spans_decades(rows.iter().map(|row| row.value));
     let (axis_title, reading) = if log {
         (
-            "MB/s (10^6 bytes per second), log scale",
+            "MB/s (10⁶ bytes per second), log scale",
             " The axis is logarithmic because the cells differ by orders of magnitude: equal \
              distances along it are equal factors, every bar starts at the axis start, and \
              bars are compared by where they end.",
         )
     } else {
-        ("MB/s (10^6 bytes per second), linear scale", "")
+        ("MB/s (10⁶ bytes per second), linear scale", "")
     };
     let axis = Axis {
         title: axis_title.into(),

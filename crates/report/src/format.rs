@@ -23,6 +23,11 @@ pub fn format_seconds_axis(seconds: f64) -> String {
     trim_zeros(&format_seconds(seconds))
 }
 
+/// Formats a value with three significant digits and without trailing zeros: `0.025`, `0.975`.
+pub fn significant_trimmed(value: f64) -> String {
+    trim_zeros(&significant(value))
+}
+
 /// Formats a MiB axis value, without trailing zeros.
 pub fn format_bytes_axis(mib: f64) -> String {
     trim_zeros(&significant(mib))
@@ -93,6 +98,8 @@ mod tests {
         assert_eq!(format_mb_s(100.0), "100");
         assert_eq!(format_bytes_axis(-20.0), "-20");
         assert_eq!(format_bytes_axis(0.25), "0.25");
+        assert_eq!(significant_trimmed(0.025), "0.025");
+        assert_eq!(significant_trimmed(0.975), "0.975");
     }
 
     #[test]

@@ -4,10 +4,10 @@ use std::fmt::Write;
 
 use isobench_harness::results::{ExecutionHost, Results};
 use isobench_harness::stats::Estimate;
-use isobench_harness::summary::{BackendSummary, Figure, RunSummary};
+use isobench_harness::summary::{format_percent, BackendSummary, Figure, RunSummary};
 
 use crate::charts::Chart;
-use crate::format::{escape, format_mib, format_seconds, significant};
+use crate::format::{escape, format_mib, format_seconds, significant, significant_trimmed};
 
 const PAGE_TEMPLATE: &str = include_str!("../templates/index.html");
 const STYLE: &str = include_str!("../templates/style.css");
@@ -54,9 +54,9 @@ pub fn page(
     let tail = (1.0 - bootstrap.confidence) / 2.0;
     let methods = METHODS_TEMPLATE
         .replace("{{resamples}}", &bootstrap.resamples.to_string())
-        .replace("{{tail_low}}", &significant(tail))
-        .replace("{{tail_high}}", &significant(1.0 - tail))
-        .replace("{{confidence}}", &significant(bootstrap.confidence * 100.0));
+        .replace("{{tail_low}}", &significant_trimmed(tail))
+        .replace("{{tail_high}}", &significant_trimmed(1.0 - tail))
+        .replace("{{confidence}}", &format_percent(bootstrap.confidence));
     PAGE_TEMPLATE
         .replace("{{style}}", STYLE)
         .replace("{{title}}", &escape(title))
@@ -199,7 +199,7 @@ fn metadata_table(results: &Results) -> String {
             "Settings",
             format!(
                 "trials per backend: {} measured after {} warm-up; {} vCPU, {} MiB; suite {}; \
-                 ready deadline {} s, trial deadline {} s, idle settle {} s",
+                 ready deadline {} s, trial deadline {} s, idle settle {}",
                 config.trials,
                 config.warmup,
                 config.vcpus,
@@ -207,7 +207,7 @@ fn metadata_table(results: &Results) -> String {
                 config.suite,
                 config.ready_deadline_s,
                 config.trial_deadline_s,
-                config.idle_settle_s
+                format_seconds(config.idle_settle_s)
             ),
         ),
         ("Backends skipped", skipped),
@@ -294,7 +294,7 @@ fn summary_table(summary: &RunSummary, planned: usize) -> String {
 
 /// Formats the caption that explains the summary table's small print and dashes.
 fn summary_caption(summary: &RunSummary) -> String {
-    let percent = significant(summary.bootstrap.confidence * 100.0);
+    let percent = format_percent(summary.bootstrap.confidence);
     format!(
         "<p class=\"caption\">Each figure is the median over the completed trials, with its \
          {percent}% bootstrap interval in small print. × process is the median of the ratios \
@@ -369,7 +369,7 @@ fn estimate_cell(figure: Option<&Figure>, format: fn(f64) -> String) -> String {
 
 fn ratio_cell(backend: &BackendSummary, figure: Option<&Figure>) -> String {
     if backend.backend == isobench_harness::summary::BASELINE {
-        return "1 (baseline)".into();
+        return "baseline".into();
     }
     if backend.execution_host == ExecutionHost::Emulated {
         return "not compared".into();
@@ -465,7 +465,8 @@ fn cells_table(summary: &RunSummary) -> String {
 
 fn all_figures_table(summary: &RunSummary) -> String {
     let mut html = String::from(
-        "<details><summary>Every figure of this host</summary><table class=\"figures\"><thead><tr>\
+        "<details><summary>Every figure of this host</summary><div class=\"table-wrap\">\
+         <table class=\"figures\"><thead><tr>\
          <th>Backend</th><th>Figure</th><th>Median</th><th>Interval</th><th>Min</th><th>Max</th>\
          <th>Trials</th><th>× process</th></tr></thead><tbody>",
     );
@@ -489,10 +490,7 @@ fn all_figures_table(summary: &RunSummary) -> String {
                 escape(&format(estimate.min)),
                 escape(&format(estimate.max)),
                 estimate.count,
-                figure
-                    .ratio_to_baseline
-                    .map(|ratio| format_ratio(&ratio))
-                    .unwrap_or("–".into()),
+                ratio_cell(backend, Some(figure)),
             );
         }
     }
@@ -524,6 +522,6 @@ fn all_figures_table(summary: &RunSummary) -> String {
             );
         }
     }
-    html.push_str("</tbody></table></details>");
+    html.push_str("</tbody></table></div></details>");
     html
 }
