@@ -62,8 +62,8 @@ impl Cache {
         }
         // The build scripts change their working folder, so a relative path would name
         // another folder inside them.
-        let root = std::path::absolute(&cache.root)
-            .map_err(ImageError::io("resolving", &cache.root))?;
+        let root =
+            std::path::absolute(&cache.root).map_err(ImageError::io("resolving", &cache.root))?;
         Ok(Cache::at(root))
     }
 
