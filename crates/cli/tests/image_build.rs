@@ -429,7 +429,10 @@ fn damaged_rootfs_is_rebuilt() {
     assert_eq!(notices.len(), 1, "{stderr}");
     assert!(notices[0].starts_with(&expected), "{stderr}");
     assert!(notices[0].ends_with("; rebuilding it"), "{stderr}");
-    assert!(!stderr.contains("WARN"), "a log line repeats the notice: {stderr}");
+    assert!(
+        !stderr.contains("WARN"),
+        "a log line repeats the notice: {stderr}"
+    );
 
     let status = status_json(cache.path());
     assert_eq!(status["complete"], true);
