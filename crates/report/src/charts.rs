@@ -202,7 +202,8 @@ fn startup_phases(
         svg,
         explanation: format!(
             "Time from t0 to a ready Jupyter kernel, split into consecutive phases in the order \
-             they happen, each drawn at its median; the black tick is the median total. A \
+             they happen, each drawn at its median. The black tick is the median total, which \
+             the phase medians need not add up to, because each median is taken on its own. A \
              microVM boots its own guest kernel first (vmm_setup, guest_kernel, guest_init). A \
              container shares the host kernel and pays for namespaces and cgroups instead \
              (create, then start up to the entrypoint's first marker).{alongside} Every backend \
@@ -293,8 +294,8 @@ fn host_memory(
             "Median over trials of each memory definition, with its {percent}% interval. The \
              definitions differ and are never added up. host_delta is what the whole host gave \
              up, so it counts a microVM's whole guest kernel and page cache, which the host \
-             cannot share. A container shares the host kernel and page cache, so its extra \
-             cost is its own processes, such as the runtime's shim.{}",
+             cannot share. A container shares the host kernel and page cache, and its host_pss \
+             also counts the runtime's shim process, which a plain process does not have.{}",
             ratio_sentences(backends, &["host_pss", "host_delta"], percent, emulated)
         ),
         emulated,
@@ -465,10 +466,10 @@ fn throughput(
         title: emulation_title("Throughput of data-moving cells", emulated),
         svg,
         explanation: format!(
-            "Median over trials, with its {percent}% interval. Streaming output measures the path \
-             from workload to host; file writes measure the storage path: the host's file \
-             system for a process or container, a virtio-blk disk behind the hypervisor for a \
-             microVM.{reading}"
+            "Median over trials, with its {percent}% interval. A cell that prints measures the \
+             path of standard output from the Jupyter kernel to the host. A cell that writes \
+             files writes to /tmp, which every backend mounts as a tmpfs, so it measures file \
+             system calls on memory, not the root disk.{reading}"
         ),
         emulated,
     }))
