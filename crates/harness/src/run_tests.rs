@@ -441,7 +441,10 @@ async fn launch_failure_is_recorded() {
     match &results.trials[0].outcome {
         TrialOutcome::Failed { stage, cause, .. } => {
             assert_eq!(*stage, TrialStage::Launch);
-            assert!(cause.contains("scripted launch failure"), "{cause}");
+            assert_eq!(
+                cause, "scripted launch failure",
+                "the step is not named twice"
+            );
         }
         other => panic!("expected a failed trial, got {other:?}"),
     }

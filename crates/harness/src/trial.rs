@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::time::sleep_until;
 
 use crate::backend::{
-    Backend, BackendKind, ChannelPorts, ExitInfo, GuestImagePaths, GuestMeminfo, Instance,
-    LaunchSpec, MemorySample,
+    Backend, BackendError, BackendKind, ChannelPorts, ExitInfo, GuestImagePaths, GuestMeminfo,
+    Instance, LaunchSpec, MemorySample,
 };
 use crate::cancel::Cancel;
 use crate::memory;
@@ -161,7 +161,11 @@ async fn launch(
     let launch = backend.launch(spec, t0);
     tokio::pin!(launch);
     tokio::select! {
-        result = &mut launch => result.map_err(|error| error.to_string()),
+        result = &mut launch => result.map_err(|error| match error {
+            // The record's stage names the launch step, so the cause does not repeat it.
+            BackendError::Launch(cause) => cause,
+            other => other.to_string(),
+        }),
         _ = sleep_until(deadline.into()) => {
             let limit = deadline - t0;
             match tokio::time::timeout(LAUNCH_GRACE, &mut launch).await {
