@@ -392,6 +392,20 @@ fn cell_latency(
     if rows.is_empty() {
         return Ok(None);
     }
+    let crowded: Vec<&str> = rows
+        .iter()
+        .filter(|row| row.values.len() > plot::MAX_DOTS)
+        .map(|row| row.label.as_str())
+        .collect();
+    let dots = if crowded.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " Rows with more than {} repetitions ({}) have no dots, only the marks.",
+            plot::MAX_DOTS,
+            crowded.join(", ")
+        )
+    };
     let svg = plot::distributions(
         &id,
         &rows,
@@ -402,11 +416,11 @@ fn cell_latency(
         title: emulation_title("Cell latency: every repetition of every trial", emulated),
         svg,
         explanation: format!(
-            "Every repetition on a log axis. Black bar: p50. Box: p25 to p75. Ring: p99. The \
-             trivial cell measures one round trip over the path to the Jupyter kernel: loopback \
-             for a process, a Docker bridge for a container, a TAP link and virtio-net for a \
-             microVM. The other cells add their compute, which runs directly on the CPU in \
-             every backend.{}",
+            "Every repetition on a log axis, one dot each.{dots} Black bar: p50. Box: p25 to \
+             p75. Ring: p99. The trivial cell measures one round trip over the path to the \
+             Jupyter kernel: loopback for a process, a Docker bridge for a container, a TAP link \
+             and virtio-net for a microVM. The other cells add their compute, which runs \
+             directly on the CPU in every backend.{}",
             p50_ratio_sentences(backends, emulated)
         ),
         emulated,

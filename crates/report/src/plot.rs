@@ -52,7 +52,7 @@ const SEGMENT_LABEL_SIZE: u32 = 28;
 const LEGEND_ROW_HEIGHT: u32 = 52;
 const LEGEND_COLUMNS: usize = 3;
 /// Rows with more values than this show their summary marks only.
-const MAX_DOTS: usize = 200;
+pub const MAX_DOTS: usize = 200;
 
 /// One entry of a stacked bar chart's legend.
 #[derive(Debug, Clone)]

@@ -236,6 +236,14 @@ fn latency_text_states_computed_ratios() {
             .p50
     };
     let stated = format!("trivial {}×", significant(p50("docker") / p50("process")));
+    // The fixture's trivial cell has 200 repetitions per trial, too many to draw as dots.
+    assert!(
+        latency
+            .explanation
+            .contains("(trivial · process, trivial · docker) have no dots"),
+        "{}",
+        latency.explanation
+    );
     assert!(
         latency.explanation.contains(&stated),
         "{stated} not in: {}",
