@@ -513,6 +513,14 @@ async fn compare(
     if let Some(host) = selection.emulated {
         if !cancel.is_cancelled() {
             let trials = emulated_trials(host, &settings, &image, &cancel).await;
+            // The inner run's own progress stays inside the emulated host, so each of its
+            // trials is reported here, with the emulated host's label.
+            let emulated_label = results.host.figure_label(ExecutionHost::Emulated);
+            for trial in &trials {
+                if let Some(line) = trial_line(trial, &emulated_label, true) {
+                    eprintln!("{line}");
+                }
+            }
             results.trials.extend(trials);
             results.run.interrupted = cancel.is_cancelled();
             results
