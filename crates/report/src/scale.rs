@@ -31,10 +31,15 @@ pub struct Ticks {
 
 impl Scale {
     /// Chooses a linear scale from zero (or below zero, for negative values) to a round value
-    /// above `max`.
+    /// above `max`. A negative start is a multiple of the widest tick spacing, so its label is
+    /// as round as the others (`-20`, not `-12`).
     pub fn linear(min: f64, max: f64) -> Scale {
         let high = nice_max(max);
-        let low = if min < 0.0 { -nice_max(-min) } else { 0.0 };
+        let mut low = if min < 0.0 { -nice_max(-min) } else { 0.0 };
+        if low < 0.0 {
+            let step = nice_step((high - low) / (MAX_LINEAR_TICKS - 1) as f64);
+            low = (low / step).floor() * step;
+        }
         Scale {
             log: false,
             low,
@@ -217,6 +222,19 @@ mod tests {
         assert_eq!(ticks.major.first().copied(), Some(0.0));
         assert!(close(*ticks.major.last().unwrap(), 1.0));
         assert!(ticks.major.len() <= MAX_LINEAR_TICKS + 1);
+    }
+
+    #[test]
+    fn negative_start_is_a_round_tick() {
+        // A host_delta median of -9.62 MiB beside host_pss medians up to 80 MiB.
+        let scale = Scale::linear(-9.62, 80.1);
+        assert_eq!(scale.low, -20.0);
+        let ticks = scale.ticks(7);
+        assert_eq!(ticks.major.first().copied(), Some(-20.0));
+        assert!(
+            ticks.major.iter().all(|tick| tick % 20.0 == 0.0),
+            "{ticks:?}"
+        );
     }
 
     #[test]
