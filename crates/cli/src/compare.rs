@@ -750,7 +750,7 @@ fn headline(backend: &BackendSummary, planned: usize) -> String {
                 " ({}× {BASELINE})",
                 format_significant(ratio.median)
             )),
-            // The report's notes say why, such as readings of zero or below.
+            // The report's notes give the reason, such as readings of zero or below.
             None if compared => part.push_str(&format!(" (not compared with {BASELINE})")),
             None => {}
         }

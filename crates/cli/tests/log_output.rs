@@ -6,7 +6,7 @@ use std::process::Command;
 
 #[test]
 fn log_to_pipe_has_no_colour_codes() {
-    // `isobench doctor` asks the Docker engine for its version, and the Docker client logs
+    // `isobench doctor` requests the Docker engine's version, and the Docker client logs
     // each request at debug level, so the log is not empty.
     if !Path::new("/var/run/docker.sock").exists() {
         eprintln!("skipped: no Docker engine at /var/run/docker.sock to log requests to");
