@@ -166,6 +166,12 @@ fn main() -> ExitCode {
         pid: std::process::id(),
         clock: CLOCK_NAME.to_string(),
     });
+    tracing::debug!(
+        step = "parse arguments and open events",
+        start_us = started_us,
+        end_us = monotonic_us(),
+        "setup step"
+    );
 
     let (reason, status) = match run_vm(&args.config(), events.clone()) {
         Ok(reason) => (reason.describe(), reason.status()),

@@ -98,6 +98,16 @@ pub enum VmmError {
     },
 }
 
+/// Runs one setup step and logs its start and end on `CLOCK_MONOTONIC`, in microseconds, so
+/// that a parent can line the steps up with its own clock.
+fn timed<T>(step: &'static str, run: impl FnOnce() -> T) -> T {
+    let start_us = crate::events::monotonic_us();
+    let result = run();
+    let end_us = crate::events::monotonic_us();
+    tracing::debug!(step, start_us, end_us, "setup step");
+    result
+}
+
 fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::Kvm { what, source }
 }
@@ -122,19 +132,23 @@ pub fn open_kvm() -> Result<Kvm, VmmError> {
 /// PIT.
 fn create_controllers(kvm: &Kvm, vm: &VmFd) -> Result<(), VmmError> {
     if kvm.check_extension(Cap::SetTssAddr) {
-        vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
-            .map_err(kvm_error("set TSS address"))?;
+        timed("set TSS address", || {
+            vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+        })
+        .map_err(kvm_error("set TSS address"))?;
     }
     if kvm.check_extension(Cap::SetIdentityMapAddr) {
-        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
-            .map_err(kvm_error("set identity map address"))?;
+        timed("set identity map address", || {
+            vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+        })
+        .map_err(kvm_error("set identity map address"))?;
     }
-    vm.create_irq_chip().map_err(kvm_error("create irqchip"))?;
+    timed("create irqchip", || vm.create_irq_chip()).map_err(kvm_error("create irqchip"))?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
-    vm.create_pit2(pit).map_err(kvm_error("create PIT"))
+    timed("create PIT", || vm.create_pit2(pit)).map_err(kvm_error("create PIT"))
 }
 
 /// Installs one KVM memory slot per guest RAM region.
@@ -186,7 +200,7 @@ impl Machine {
         events: Arc<EventSink>,
         mem: GuestMemoryMmap,
     ) -> Result<Self, VmmError> {
-        let kvm = open_kvm()?;
+        let kvm = timed("open /dev/kvm", open_kvm)?;
         for (cap, name) in [
             (Cap::Irqchip, "IRQCHIP"),
             (Cap::Irqfd, "IRQFD"),
@@ -206,15 +220,17 @@ impl Machine {
             });
         }
 
-        let vm = kvm.create_vm().map_err(kvm_error("create VM"))?;
+        let vm = timed("create VM", || kvm.create_vm()).map_err(kvm_error("create VM"))?;
         // Installing the memory slots and creating the interrupt controllers each wait for a
         // separate SRCU grace period in the host kernel (kvm->srcu and kvm->irq_srcu), which can
         // take milliseconds on a busy host, so they run side by side.
         let (controllers, slots) = std::thread::scope(|scope| {
             let slots = std::thread::Builder::new()
                 .name("memslots".into())
-                .spawn_scoped(scope, || register_memory(&vm, &mem));
-            let controllers = create_controllers(&kvm, &vm);
+                .spawn_scoped(scope, || {
+                    timed("memory slots", || register_memory(&vm, &mem))
+                });
+            let controllers = timed("irqchip and PIT", || create_controllers(&kvm, &vm));
             let slots = match slots {
                 Ok(handle) => handle.join().unwrap_or_else(|_| {
                     Err(VmmError::Io {
@@ -251,17 +267,21 @@ impl Machine {
             console_drain: None,
             vcpus: Vec::new(),
         };
-        machine.add_legacy_devices(config)?;
+        timed("legacy devices", || machine.add_legacy_devices(config))?;
         if let Some(rootfs) = &config.rootfs {
-            let block = Block::open(rootfs, config.rootfs_writable)?;
-            machine.add_virtio(Box::new(block))?;
+            timed("block device", || -> Result<(), VmmError> {
+                let block = Block::open(rootfs, config.rootfs_writable)?;
+                machine.add_virtio(Box::new(block))
+            })?;
         }
         if let Some(net) = &config.net {
-            let tap = Tap::open(&net.tap)?;
-            if tap.created() {
-                tap.configure(net.host_ip, net.netmask)?;
-            }
-            machine.add_virtio(Box::new(Net::new(tap, net.mac)?))?;
+            timed("net device", || -> Result<(), VmmError> {
+                let tap = Tap::open(&net.tap)?;
+                if tap.created() {
+                    tap.configure(net.host_ip, net.netmask)?;
+                }
+                machine.add_virtio(Box::new(Net::new(tap, net.mac)?))
+            })?;
         }
         Ok(machine)
     }
@@ -337,27 +357,27 @@ impl Machine {
 
     /// Creates and configures the vCPUs to enter at `entry`.
     pub fn create_vcpus(&mut self, entry: &KernelEntry) -> Result<(), VmmError> {
-        regs::write_boot_tables(&self.mem, entry.mode)?;
-        let supported: CpuId = self
-            .kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_error("get supported CPUID"))?;
-        let msr_list = self
-            .kvm
-            .get_msr_index_list()
+        timed("boot page tables", || {
+            regs::write_boot_tables(&self.mem, entry.mode)
+        })?;
+        let supported: CpuId = timed("get supported CPUID", || {
+            self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        })
+        .map_err(kvm_error("get supported CPUID"))?;
+        let msr_list = timed("get MSR list", || self.kvm.get_msr_index_list())
             .map_err(kvm_error("get MSR list"))?;
         for index in 0..self.vcpu_count {
-            let vcpu = self
-                .vm
-                .create_vcpu(index as u64)
+            let vcpu = timed("create vCPU", || self.vm.create_vcpu(index as u64))
                 .map_err(kvm_error("create vCPU"))?;
             let mut cpuid = supported.clone();
             cpuid::patch(&mut cpuid, index, self.vcpu_count);
-            vcpu.set_cpuid2(&cpuid).map_err(kvm_error("set CPUID"))?;
-            regs::set_msrs(&vcpu, msr_list.as_slice())?;
-            regs::set_fpu(&vcpu)?;
-            regs::set_boot_registers(&vcpu, entry.mode, entry.entry, entry.boot_info)?;
-            regs::set_lint(&vcpu)?;
+            timed("set CPUID", || vcpu.set_cpuid2(&cpuid)).map_err(kvm_error("set CPUID"))?;
+            timed("set MSRs", || regs::set_msrs(&vcpu, msr_list.as_slice()))?;
+            timed("set FPU", || regs::set_fpu(&vcpu))?;
+            timed("set registers", || {
+                regs::set_boot_registers(&vcpu, entry.mode, entry.entry, entry.boot_info)
+            })?;
+            timed("set LINT", || regs::set_lint(&vcpu))?;
             self.vcpus.push(vcpu);
         }
         Ok(())
@@ -365,9 +385,12 @@ impl Machine {
 
     /// Runs the VM until it ends and tears it down; returns how it ended.
     pub fn run(mut self) -> Result<ExitReason, VmmError> {
-        install_kick_handler().map_err(io_error("install the vCPU kick handler"))?;
-        let mut event_loop = EventLoop::new(self.latch.clone(), self.transports.clone())
-            .map_err(io_error("create the event loop"))?;
+        timed("kick handler", install_kick_handler)
+            .map_err(io_error("install the vCPU kick handler"))?;
+        let mut event_loop = timed("event loop", || {
+            EventLoop::new(self.latch.clone(), self.transports.clone())
+        })
+        .map_err(io_error("create the event loop"))?;
         let shared = Arc::new(VcpuShared {
             pio: std::mem::take(&mut self.pio),
             mmio: std::mem::take(&mut self.mmio),
@@ -377,8 +400,10 @@ impl Machine {
             guest_ram: memory::mappings(&self.mem),
             vcpu_count: self.vcpu_count,
         });
-        let threads = VcpuThreads::start(std::mem::take(&mut self.vcpus), shared.clone())
-            .map_err(io_error("start the vCPU threads"))?;
+        let threads = timed("start vCPU threads", || {
+            VcpuThreads::start(std::mem::take(&mut self.vcpus), shared.clone())
+        })
+        .map_err(io_error("start the vCPU threads"))?;
         let reason = event_loop.run();
         threads.stop(VCPU_STOP_TIMEOUT);
         lock(&self.serial).close();
@@ -397,21 +422,24 @@ impl Machine {
 
 /// Builds the VM described by `config`, boots its guest kernel and runs it until it ends.
 pub fn run_vm(config: &VmConfig, events: Arc<EventSink>) -> Result<ExitReason, VmmError> {
-    let started = std::time::Instant::now();
-    let step = |name: &str| {
-        let elapsed_us = started.elapsed().as_micros() as u64;
-        tracing::debug!(step = name, elapsed_us, "setup step done");
-    };
-    let format = config.validate()?;
-    let mem = memory::create(config.memory_bytes(), config.memory)?;
-    step("validate and map guest RAM");
+    let format = timed("validate", || config.validate())?;
+    let mem = timed("map guest RAM", || {
+        memory::create(config.memory_bytes(), config.memory)
+    })?;
 
-    // Copying the guest kernel into guest RAM overlaps with the KVM ioctls of VM creation,
-    // which spend their time in the host kernel.
+    // Mapping the kernel file would undo prefaulting, and a file cannot back huge pages.
+    let map_file = !config.memory.prefault && !config.memory.hugepages;
+    let load = || {
+        timed("load guest kernel", || {
+            boot::load_image(&mem, &config.kernel, format, map_file)
+        })
+    };
+    // Loading the guest kernel overlaps with the KVM ioctls of VM creation, which spend their
+    // time in the host kernel.
     let (machine, kernel) = std::thread::scope(|scope| {
         let loader = std::thread::Builder::new()
             .name("loader".into())
-            .spawn_scoped(scope, || boot::load_image(&mem, &config.kernel, format));
+            .spawn_scoped(scope, load);
         let machine = Machine::create_with_memory(config, events, mem.clone());
         let kernel = match loader {
             Ok(handle) => handle.join().unwrap_or_else(|_| {
@@ -423,18 +451,20 @@ pub fn run_vm(config: &VmConfig, events: Arc<EventSink>) -> Result<ExitReason, V
             Err(error) => {
                 // No thread: load on this one.
                 tracing::debug!(%error, "cannot start the loader thread");
-                boot::load_image(&mem, &config.kernel, format)
+                load()
             }
         };
         (machine, kernel)
     });
     let mut machine = machine?;
     let kernel = kernel?;
-    step("create VM and devices, load guest kernel");
-    let entry = machine.write_boot_params(config, &kernel)?;
-    step("write boot parameters");
+    kernel.stop_vm_on_file_change(machine.latch.clone());
+    tracing::debug!(mapped = kernel.is_mapped(), "guest kernel loaded");
+
+    let entry = timed("boot parameters", || {
+        machine.write_boot_params(config, &kernel)
+    })?;
     machine.create_vcpus(&entry)?;
-    step("create vCPUs");
     machine.run()
 }
 
