@@ -103,9 +103,16 @@ pub enum VmmError {
 fn timed<T>(step: &'static str, run: impl FnOnce() -> T) -> T {
     let start_us = crate::events::monotonic_us();
     let result = run();
+    log_step(step, start_us);
+    result
+}
+
+/// Logs the end of one setup step. One call site instead of one per step keeps the binary's
+/// code, and so the VMM's resident memory, smaller.
+#[inline(never)]
+fn log_step(step: &'static str, start_us: u64) {
     let end_us = crate::events::monotonic_us();
     tracing::debug!(step, start_us, end_us, "setup step");
-    result
 }
 
 fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {

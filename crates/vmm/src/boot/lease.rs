@@ -19,7 +19,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crate::events::ExitReason;
@@ -95,6 +95,11 @@ struct Shared {
     path: String,
     closing: AtomicBool,
     state: Mutex<BreakState>,
+    /// The watcher's thread id once it blocks the lease signal, or the error that stopped it.
+    /// A condition variable rather than a channel, because sending on a channel would make the
+    /// watcher allocate, and so create a malloc arena of its own.
+    watcher_tid: Mutex<Option<io::Result<libc::pid_t>>>,
+    watcher_ready: Condvar,
 }
 
 impl Shared {
@@ -128,16 +133,22 @@ fn signal_set() -> libc::sigset_t {
     set
 }
 
-fn watch(shared: Arc<Shared>, tid: mpsc::Sender<io::Result<libc::pid_t>>) {
+fn watch(shared: Arc<Shared>) {
     let set = signal_set();
     // SAFETY: pthread_sigmask reads `set` and writes no old set (null).
     let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if blocked != 0 {
-        let _ = tid.send(Err(io::Error::from_raw_os_error(blocked)));
+    let tid = if blocked != 0 {
+        Err(io::Error::from_raw_os_error(blocked))
+    } else {
+        // SAFETY: gettid has no preconditions.
+        Ok(unsafe { libc::gettid() })
+    };
+    let started = tid.is_ok();
+    *crate::devices::lock(&shared.watcher_tid) = Some(tid);
+    shared.watcher_ready.notify_one();
+    if !started {
         return;
     }
-    // SAFETY: gettid has no preconditions.
-    let _ = tid.send(Ok(unsafe { libc::gettid() }));
     loop {
         // SAFETY: `set` is a valid signal set and the info pointer may be null.
         let signal = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
@@ -187,25 +198,35 @@ impl KernelFileLease {
             path: path.to_string(),
             closing: AtomicBool::new(false),
             state: Mutex::new(BreakState::default()),
+            watcher_tid: Mutex::new(None),
+            watcher_ready: Condvar::new(),
         });
-        let (sender, receiver) = mpsc::channel();
         let watcher = std::thread::Builder::new()
             .name("kernel-lease".into())
             .stack_size(64 << 10)
             .spawn({
                 let shared = shared.clone();
-                move || watch(shared, sender)
+                move || watch(shared)
             })
             .map_err(sys_error("spawn the lease watcher"))?;
         let mut lease = KernelFileLease {
             shared,
             watcher: Some(watcher),
         };
-        let tid = receiver
-            .recv()
-            .map_err(|_| io::Error::other("the lease watcher ended"))
-            .and_then(|tid| tid)
-            .map_err(sys_error("start the lease watcher"))?;
+        let tid = {
+            let mut slot = crate::devices::lock(&lease.shared.watcher_tid);
+            loop {
+                if let Some(tid) = slot.take() {
+                    break tid;
+                }
+                slot = lease
+                    .shared
+                    .watcher_ready
+                    .wait(slot)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        }
+        .map_err(sys_error("start the lease watcher"))?;
         lease.take(file, tid)?;
         Ok(lease)
     }
