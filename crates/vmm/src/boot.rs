@@ -146,13 +146,13 @@ pub struct LoadedKernel {
 }
 
 impl LoadedKernel {
-    /// Whether the image's segments are mapped from its file rather than copied.
+    /// Returns whether the image's segments are mapped from its file rather than copied.
     pub fn is_mapped(&self) -> bool {
         self.lease.is_some()
     }
 
     /// Stops the VM through `latch` if another process opens the mapped kernel file for
-    /// writing or truncates it; does nothing for a copied kernel.
+    /// writing or truncates it. A copied kernel needs no such guard, so this does nothing.
     pub fn stop_vm_on_file_change(&self, latch: Arc<ExitLatch>) {
         if let Some(lease) = &self.lease {
             lease.stop_vm_on_break(latch);
@@ -162,8 +162,9 @@ impl LoadedKernel {
 
 /// Loads the guest kernel at `path` into the fresh guest RAM `mem`, and may run while the VM is
 /// being created. With `map_file`, an ELF kernel's segments are mapped from the file under a
-/// read lease when [`mapping`] can show that the guest sees the same bytes; otherwise, and for
-/// a bzImage, the image is copied into guest RAM, which takes milliseconds for a 9 MB vmlinux.
+/// read lease when every segment can be mapped to exactly the bytes a copy would give. Otherwise,
+/// and always for a bzImage, the image is copied into guest RAM, which takes milliseconds for a
+/// 9 MB vmlinux.
 pub fn load_image(
     mem: &GuestMemoryMmap,
     path: &Path,
@@ -447,5 +448,72 @@ mod tests {
             magic, PVH_START_MAGIC,
             "the PVH start info survived the zero page"
         );
+    }
+
+    /// Writes a small ELF kernel with a PVH note to a temporary folder.
+    fn small_elf() -> (tempfile::TempDir, std::path::PathBuf) {
+        use mapping::tests::{build_elf, load};
+        const PT_LOAD: u32 = 1;
+        let image = build_elf(
+            0x100_0000,
+            &[
+                load(PT_LOAD, 0x1000, 0x100_0000, 0x5000, 0x5000),
+                load(PT_LOAD, 0x6000, 0x100_6000, 0x1800, 0x4000),
+            ],
+            Some(0x100_0000),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        std::fs::write(&path, image).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn load_image_copies_without_map_file() {
+        let (_dir, path) = small_elf();
+        let mem = crate::memory::create(64 << 20, Default::default()).unwrap();
+        let kernel = load_image(&mem, &path, KernelFormat::Elf, false).unwrap();
+        assert!(!kernel.is_mapped());
+    }
+
+    #[test]
+    fn load_image_maps_inside_guest_ram() {
+        let (_dir, path) = small_elf();
+        let mem = crate::memory::create(64 << 20, Default::default()).unwrap();
+        let kernel = load_image(&mem, &path, KernelFormat::Elf, true).unwrap();
+        if !kernel.is_mapped() {
+            eprintln!("skipped: the temporary folder's file system takes no lease");
+            return;
+        }
+
+        // Every mapping of the kernel file lies inside guest RAM, so the VMM overhead, which
+        // subtracts the guest RAM ranges, never counts the kernel's pages.
+        let ram = crate::memory::mappings(&mem);
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let file_ranges: Vec<(u64, u64)> = maps
+            .lines()
+            .filter(|line| line.ends_with(path.to_str().unwrap()))
+            .map(|line| {
+                let (start, end) = line
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .split_once('-')
+                    .unwrap();
+                let parse = |hex| u64::from_str_radix(hex, 16).unwrap();
+                (parse(start), parse(end))
+            })
+            .collect();
+        assert_eq!(file_ranges.len(), 2, "one mapping per segment: {maps}");
+        for (start, end) in file_ranges {
+            let inside = ram
+                .iter()
+                .any(|m| start >= m.host_addr && end <= m.host_addr + m.size);
+            assert!(inside, "{start:#x}-{end:#x} lies outside guest RAM");
+        }
+        assert!(matches!(
+            kernel.result.pvh_boot_cap,
+            PvhBootCapability::PvhEntryPresent(GuestAddress(0x100_0000))
+        ));
     }
 }

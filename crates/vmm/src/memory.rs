@@ -1,5 +1,8 @@
 //! Guest RAM: anonymous private mappings, faulted in lazily by default, one per range of
-//! [`arch::layout::ram_ranges`](crate::arch::layout::ram_ranges).
+//! [`arch::layout::ram_ranges`](crate::arch::layout::ram_ranges). Loading a vmlinux may then
+//! replace the kernel's pages inside a range with private mappings of its file
+//! ([`boot::load_image`](crate::boot::load_image)), so guest RAM spans several host mappings
+//! that all lie inside the ranges this module reports.
 
 use std::io;
 
