@@ -338,6 +338,8 @@ fn load_segment(mem: &GuestMemoryMmap, file: &File, segment: &Segment) -> Result
 
 /// Maps the ELF kernel `file`, of `file_size` bytes, into the fresh guest RAM `mem`. The
 /// caller must keep the file from changing while it is mapped ([`super::lease`]).
+// NOTE: a disk read error while a kernel page is faulted in later makes KVM_RUN fail, or
+// raises SIGBUS if the VMM itself reads that page; the copying loader reports it at load time.
 pub fn map_elf(
     mem: &GuestMemoryMmap,
     file: &File,
