@@ -2,7 +2,7 @@
 //! map (PVH start info or zero page), the MP table and the boot GDT.
 
 mod lease;
-mod mapping;
+pub(crate) mod mapping;
 
 use std::fs::File;
 use std::path::Path;

@@ -564,6 +564,63 @@ mod tests {
     const CODE_ADDR: u64 = 0x1000;
 
     #[test]
+    fn mapped_kernel_runs_and_resets() {
+        use crate::boot::mapping::tests::{build_elf, load};
+        use crate::config::KernelFormat;
+
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipped: /dev/kvm is missing");
+            return;
+        }
+        // GUEST_CODE at the start of a two-page segment at 16 MiB, so that its page is mapped
+        // from the file, not copied, after the memory slot was installed.
+        const KERNEL_ADDR: u64 = 0x100_0000;
+        const SEGMENT_OFFSET: u64 = 0x2000;
+        let mut image = build_elf(
+            KERNEL_ADDR,
+            &[load(1, SEGMENT_OFFSET, KERNEL_ADDR, 0x2000, 0x2000)],
+            Some(KERNEL_ADDR as u32),
+        );
+        let code_at = SEGMENT_OFFSET as usize;
+        image[code_at..code_at + GUEST_CODE.len()].copy_from_slice(GUEST_CODE);
+        let dir = tempfile::tempdir().unwrap();
+        let kernel_path = dir.path().join("vmlinux");
+        std::fs::write(&kernel_path, &image).unwrap();
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+        let console = dir.path().join("console");
+        let mut config = VmConfig::new(kernel_path.clone());
+        config.memory_mib = 32;
+        config.rootfs = Some(disk);
+        config.console = Destination::File(console.clone());
+        let captured = Captured::default();
+        let events = Arc::new(EventSink::new(Box::new(captured.clone())));
+
+        let mut machine = Machine::create(&config, events).unwrap();
+        let kernel =
+            boot::load_image(machine.memory(), &kernel_path, KernelFormat::Elf, true).unwrap();
+        if !kernel.is_mapped() {
+            eprintln!("skipped: the temporary folder's file system takes no lease");
+            return;
+        }
+        kernel.stop_vm_on_file_change(machine.latch.clone());
+        let entry = KernelEntry {
+            mode: EntryMode::Pvh,
+            entry: KERNEL_ADDR,
+            boot_info: 0,
+        };
+        machine.create_vcpus(&entry).unwrap();
+        let reason = machine.run().unwrap();
+
+        assert_eq!(reason, ExitReason::Guest(ShutdownReason::Reset));
+        assert_eq!(
+            std::fs::read(&console).unwrap(),
+            b"v\n",
+            "low byte of \"virt\""
+        );
+    }
+
+    #[test]
     fn guest_code_reaches_every_device_and_resets() {
         if !std::path::Path::new("/dev/kvm").exists() {
             eprintln!("skipped: /dev/kvm is missing");
