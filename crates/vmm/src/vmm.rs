@@ -1,5 +1,6 @@
 //! Building and running one microVM: KVM objects, guest RAM, devices, the guest kernel and
-//! the vCPUs, in the order the crate documentation lists.
+//! the vCPUs, in the order the crate documentation lists, except that the memory slot is
+//! installed before the interrupt controllers (see [`Machine::create_with_memory`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
