@@ -289,11 +289,15 @@ fn describe_trial(record: &TrialRecord, kvm_label: &str) -> String {
         TrialOutcome::Failed { stage, cause, exit } => {
             let mut line = format!("FAILED at {stage}: {cause}");
             if let Some(exit) = exit {
-                line.push_str(&format!(
-                    "\n    kernel {}; last output:\n{}",
-                    exit.status,
-                    indent(&exit.last_output)
-                ));
+                if !cause.contains(&exit.status) {
+                    line.push_str(&format!("\n    kernel {}", exit.status));
+                }
+                if !exit.last_output.trim().is_empty() {
+                    line.push_str(&format!(
+                        "\n    last output:\n{}",
+                        indent(&exit.last_output)
+                    ));
+                }
             }
             line
         }

@@ -229,7 +229,16 @@ impl Steps<'_> {
             Ok(Ok(session)) => session,
             Ok(Err(error)) => {
                 let exit = self.exit_if_already_dead().await;
-                return failed(TrialStage::Ready, error.to_string(), exit);
+                // The client's own wait counts from when it started to connect, which can be
+                // much shorter than the deadline counted from launch: name the deadline too.
+                let mut cause = error.to_string();
+                if Instant::now() >= ready_deadline {
+                    cause.push_str(&format!(
+                        " (the ready deadline of {:?} after launch has passed)",
+                        settings.ready_deadline
+                    ));
+                }
+                return failed(TrialStage::Ready, cause, exit);
             }
             Err(interruption) => return self.interrupted(TrialStage::Ready, interruption),
         };

@@ -172,12 +172,17 @@ impl Backend for ProcessBackend {
                 }
                 Listening::Exited(info) => return Err(BackendError::Exited(info)),
                 Listening::TimedOut => {
+                    let printed = kernel.last_output();
+                    let printed = if printed.trim().is_empty() {
+                        "; it printed nothing".to_owned()
+                    } else {
+                        format!("; last output: {printed}")
+                    };
                     return Err(BackendError::Launch(format!(
-                        "the Jupyter kernel did not listen on ports {} within {:?} of launch; last output: {}",
+                        "the Jupyter kernel did not listen on ports {} within {:?} of launch{printed}",
                         ports.to_list(),
                         spec.ready_deadline,
-                        kernel.last_output()
-                    )))
+                    )));
                 }
             }
         }
