@@ -65,6 +65,20 @@ pub enum EmulatedError {
         /// The Debian package that provides it.
         package: &'static str,
     },
+    /// The installed QEMU is older than the emulated host needs.
+    #[error(
+        "{tool} {found} is too old for the emulated host, which needs QEMU {required} or newer \
+         (QEMU 7.2's TCG stalled nested-SVM guests with 2 vCPUs): run scripts/setup-host, which \
+         installs qemu-system-x86 from bookworm-backports"
+    )]
+    QemuTooOld {
+        /// The program whose version was read.
+        tool: String,
+        /// The version it printed.
+        found: String,
+        /// The oldest version accepted, as `major.minor`.
+        required: String,
+    },
     /// A host tool ran but failed.
     #[error("`{command}` failed: {detail}")]
     ToolFailed {
