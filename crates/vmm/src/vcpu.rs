@@ -220,6 +220,9 @@ fn run_loop(mut vcpu: VcpuFd, index: u32, shared: Arc<VcpuShared>, start: Arc<Ba
         match vcpu.run() {
             Ok(exit) => {
                 if let ExitAction::Stop(reason) = handle_exit(exit, &shared) {
+                    if reason == ExitReason::Guest(ShutdownReason::TripleFault) {
+                        log_fault_state(&vcpu, index);
+                    }
                     tracing::info!(vcpu = index, reason = %reason.describe(), "vCPU stopped");
                     shared.latch.request(reason);
                 }
@@ -231,6 +234,38 @@ fn run_loop(mut vcpu: VcpuFd, index: u32, shared: Arc<VcpuShared>, start: Arc<Ba
                     .request(ExitReason::VcpuFailed(format!("KVM_RUN failed: {error}")));
             }
         }
+    }
+}
+
+/// Logs the registers a triple fault left on vCPU `index`: where the guest was and which
+/// page tables and modes it ran with, the first clue to what faulted. KVM on AMD (SVM) resets
+/// the vCPU before it reports the shutdown, so there only the fact is logged.
+fn log_fault_state(vcpu: &VcpuFd, index: u32) {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(regs), Ok(sregs)) if regs.rip == 0xfff0 && sregs.cs.selector == 0xf000 => {
+            tracing::warn!(
+                vcpu = index,
+                "guest triple fault; KVM reset the vCPU, so its registers at the fault are lost"
+            );
+        }
+        (Ok(regs), Ok(sregs)) => tracing::warn!(
+            vcpu = index,
+            rip = format_args!("{:#x}", regs.rip),
+            rsp = format_args!("{:#x}", regs.rsp),
+            rflags = format_args!("{:#x}", regs.rflags),
+            cs = format_args!("{:#x}", sregs.cs.selector),
+            cr0 = format_args!("{:#x}", sregs.cr0),
+            cr2 = format_args!("{:#x}", sregs.cr2),
+            cr3 = format_args!("{:#x}", sregs.cr3),
+            cr4 = format_args!("{:#x}", sregs.cr4),
+            efer = format_args!("{:#x}", sregs.efer),
+            "guest triple fault"
+        ),
+        (Err(error), _) | (_, Err(error)) => tracing::warn!(
+            vcpu = index,
+            %error,
+            "guest triple fault; its registers cannot be read"
+        ),
     }
 }
 
