@@ -24,12 +24,23 @@ const MEMINFO_TIMEOUT: Duration = Duration::from_secs(20);
 /// The Jupyter client running one suite.
 pub struct JupyterWorkload {
     suite: Suite,
+    listen_probe_interval: Duration,
 }
 
 impl JupyterWorkload {
     /// Creates a workload that runs `suite` in every trial.
     pub fn new(suite: Suite) -> JupyterWorkload {
-        JupyterWorkload { suite }
+        JupyterWorkload {
+            suite,
+            listen_probe_interval: isobench_workload::LISTEN_PROBE_INTERVAL,
+        }
+    }
+
+    /// Probes the Jupyter kernel's ports every `interval` until it listens, instead of every
+    /// [`isobench_workload::LISTEN_PROBE_INTERVAL`].
+    pub fn with_listen_probe_interval(mut self, interval: Duration) -> JupyterWorkload {
+        self.listen_probe_interval = interval;
+        self
     }
 
     /// The suite.
@@ -56,7 +67,7 @@ impl Workload for JupyterWorkload {
         };
         let not_ready =
             |error: isobench_workload::ClientError| WorkloadError::NotReady(error.to_string());
-        let mut client = KernelClient::connect(&info, deadline)
+        let mut client = KernelClient::connect_probing(&info, deadline, self.listen_probe_interval)
             .await
             .map_err(not_ready)?;
         let report = client.wait_ready(deadline).await.map_err(not_ready)?;

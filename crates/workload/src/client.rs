@@ -32,8 +32,9 @@ use tokio::sync::{watch, Mutex};
 use crate::connection::{generate_key, ConnectionInfo};
 use crate::suite::{shorten, Cell, Metric};
 
-/// Interval between TCP probes while the kernel has not bound its ports yet.
-const LISTEN_PROBE_INTERVAL: Duration = Duration::from_millis(2);
+/// Interval between TCP probes while the kernel has not bound its ports yet, unless the caller
+/// sets another with [`KernelClient::connect_probing`].
+pub const LISTEN_PROBE_INTERVAL: Duration = Duration::from_millis(2);
 
 /// Interval between `kernel_info_request`s while no reply has arrived. Requests are not lost
 /// once the shell socket is connected, so repeating them often only queues duplicates.
@@ -368,15 +369,27 @@ impl KernelClient {
     /// Connects to the kernel described by `info`, first waiting until its shell, IOPub and
     /// control ports accept TCP connections, until `deadline`.
     ///
-    /// The ports are probed every 2 ms instead of leaving the wait to ZeroMQ, whose
-    /// reconnect backoff doubles up to seconds and would add that delay to the time to ready.
+    /// The ports are probed every [`LISTEN_PROBE_INTERVAL`] instead of leaving the wait to
+    /// ZeroMQ, whose reconnect backoff doubles up to seconds and would add that delay to the
+    /// time to ready.
     pub async fn connect(
         info: &ConnectionInfo,
         deadline: Instant,
     ) -> Result<KernelClient, ClientError> {
+        Self::connect_probing(info, deadline, LISTEN_PROBE_INTERVAL).await
+    }
+
+    /// Connects as [`KernelClient::connect`] does, probing the ports every `probe_interval`.
+    /// Each probe the kernel is not yet listening for costs the guest a SYN and a RST, so a
+    /// guest that runs far slower than the host wants a longer interval.
+    pub async fn connect_probing(
+        info: &ConnectionInfo,
+        deadline: Instant,
+        probe_interval: Duration,
+    ) -> Result<KernelClient, ClientError> {
         let started = Instant::now();
         for port in [info.ports.shell, info.ports.iopub, info.ports.control] {
-            wait_listening(info, port, started, deadline).await?;
+            wait_listening(info, port, started, deadline, probe_interval).await?;
         }
 
         let protocol = info.to_protocol();
@@ -764,18 +777,19 @@ async fn wait_listening(
     port: u16,
     started: Instant,
     deadline: Instant,
+    probe_interval: Duration,
 ) -> Result<(), ClientError> {
     loop {
         if TcpStream::connect((info.ip, port)).await.is_ok() {
             return Ok(());
         }
-        if Instant::now() + LISTEN_PROBE_INTERVAL > deadline {
+        if Instant::now() + probe_interval > deadline {
             return Err(ClientError::NotListening {
                 address: address(info, port),
                 waited: started.elapsed(),
             });
         }
-        tokio::time::sleep(LISTEN_PROBE_INTERVAL).await;
+        tokio::time::sleep(probe_interval).await;
     }
 }
 

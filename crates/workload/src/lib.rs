@@ -15,7 +15,7 @@ mod signature_tests;
 
 pub use client::{
     CellOutcome, CellRun, ClientError, ControlHandle, ExecuteOutcome, ExecuteStatus, KernelClient,
-    ReadyReport,
+    ReadyReport, LISTEN_PROBE_INTERVAL,
 };
 pub use connection::{is_address_in_use, ChannelPorts, ConnectionError, ConnectionInfo};
 pub use suite::{Cell, Expected, MeminfoTotals, Metric, Suite, SuiteError, MEMINFO_CELL};
