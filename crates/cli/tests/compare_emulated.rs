@@ -2,7 +2,7 @@
 //! emulated hardware-KVM host (QEMU TCG with nested SVM) beside the `process` backend.
 //!
 //! One such run takes minutes, so these tests run only when `ISOBENCH_EMULATED_TESTS=1` is set,
-//! which scripts/test does not do. Each run gets its own `TMPDIR`, so the tests can check that
+//! as scripts/test does. Each run gets its own `TMPDIR`, so the tests can check that
 //! the emulated host's scratch folders are gone afterwards.
 
 use std::fs;
@@ -92,11 +92,7 @@ fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-// TODO: make the emulated microVM trial reliable, then run this in scripts/test again. In one
-// clean-checkout run the trial failed 2 of 2 times at the suite step with a guest triple fault
-// (exit status 4) after the kernel was ready. Other runs passed.
 #[test]
-#[ignore = "the emulated microVM trial sometimes ends in a guest triple fault; run with --ignored"]
 fn emulated_trial_marked_and_unranked() {
     if let Some(reason) = missing_prerequisite() {
         eprintln!("skipped: {reason}");
