@@ -593,9 +593,8 @@ const EMULATED_TRIAL_DEADLINE: Duration = Duration::from_secs(900);
 /// guest runs about 100 times slower than on hardware (ready after about 40 s instead of about
 /// 0.4 s), so this is no coarser relative to the guest than the default 2 ms.
 ///
-/// NOTE: with the default 2 ms, inner guests probed while Python started ended in a triple fault
-/// in 3 of 3 runs with QEMU 10.0 (one of 1 to 3 trials each), and with 50 ms 3 of 3 trials
-/// completed. Whether QEMU's nested SVM or the VMM's interrupt path fails under that load is
+/// NOTE: with the default 2 ms and QEMU 10.0, a trial ended in a guest triple fault or a reset
+/// of the emulated host in 3 of 4 runs of 1 to 3 trials, and with 50 ms 4 of 4 trials completed. Whether QEMU's nested SVM or the VMM's interrupt path fails under that load is
 /// not known; hardware KVM was not tried.
 const EMULATED_LISTEN_PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
