@@ -594,8 +594,9 @@ const EMULATED_TRIAL_DEADLINE: Duration = Duration::from_secs(900);
 /// 0.4 s), so this is no coarser relative to the guest than the default 2 ms.
 ///
 /// NOTE: with the default 2 ms and QEMU 10.0, a trial ended in a guest triple fault or a reset
-/// of the emulated host in 3 of 4 runs of 1 to 3 trials, and with 50 ms 4 of 4 trials completed. Whether QEMU's nested SVM or the VMM's interrupt path fails under that load is
-/// not known; hardware KVM was not tried.
+/// of the emulated host in 3 of 4 runs of 1 to 3 trials, and with 50 ms 4 of 4 trials
+/// completed. Whether QEMU's nested SVM or the VMM's interrupt path fails under that load is
+/// not known, and hardware KVM was not tried.
 const EMULATED_LISTEN_PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Runs the microVM trials inside the emulated host: `isobench compare` itself runs there with
