@@ -96,8 +96,8 @@ pub struct CompareArgs {
     /// host's inner run uses it to hand its trials out.
     #[arg(long, hide = true)]
     results_stdout: bool,
-    /// Interval between TCP probes of the Jupyter kernel's ports until it listens, in seconds;
-    /// the emulated host's inner run uses a longer one than the default of 2 ms.
+    /// Interval between TCP probes of the Jupyter kernel's ports until it listens, in seconds.
+    /// Default: 2 ms. The emulated host's inner run sets a longer one.
     #[arg(
         long,
         hide = true,
@@ -589,9 +589,9 @@ const EMULATED_READY_DEADLINE: Duration = Duration::from_secs(300);
 /// Time allowed for one trial in the emulated host, at least.
 const EMULATED_TRIAL_DEADLINE: Duration = Duration::from_secs(900);
 
-/// Interval between TCP probes of the Jupyter kernel's ports in the emulated host, where the
-/// guest runs about 100 times slower than on hardware (ready after about 40 s instead of about
-/// 0.4 s), so this is no coarser relative to the guest than the default 2 ms.
+/// Interval between TCP probes of the Jupyter kernel's ports in the emulated host. The guest
+/// runs about 100 times slower there than on hardware (ready after about 40 s instead of about
+/// 0.4 s), so 50 ms is no coarser relative to the guest than the default 2 ms.
 ///
 /// NOTE: with the default 2 ms and QEMU 10.0, a trial ended in a guest triple fault or a reset
 /// of the emulated host in 3 of 4 runs of 1 to 3 trials, and with 50 ms 4 of 4 trials

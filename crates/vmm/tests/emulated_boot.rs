@@ -379,9 +379,9 @@ const EMULATED_ATTEMPTS: u32 = 2;
 /// the result lines of the cases that finished before it put in front of its stdout.
 ///
 /// NOTE: with QEMU 7.2 (Debian 12's own), TCG's nested SVM stalled the emulated host in most
-/// 2-vCPU boots on an idle 2-core host: both outer processors spinning with a timer interrupt
+/// 2-vCPU boots on an idle 2-core host. Both outer processors spun with a timer interrupt
 /// pending, or one halted with vectors pending that nothing delivered. The emulated host now
-/// needs QEMU 10, with which no run has stalled so far; the fresh run stays as a guard.
+/// needs QEMU 10, with which no run has stalled so far, and the fresh run stays as a guard.
 fn run_host(host: &KvmHost, run: &EmulatedRun, cases: &[&str]) -> EmulatedOutput {
     let attempts = if host.is_emulated() {
         EMULATED_ATTEMPTS

@@ -62,10 +62,10 @@ const OUTER_KERNEL_MIB: u64 = 256;
 
 /// Oldest QEMU release accepted for the emulated host, as (major, minor).
 ///
-/// NOTE: measured on a 2-core host: with Debian 12's QEMU 7.2, TCG's nested SVM stalled the
-/// emulated host in most 2-vCPU guest boots when the host was idle (interrupts pending in the
-/// outer local APIC but never delivered), and `tests/emulated_boot.rs` failed 2 of 2 runs.
-/// With 10.0.2 from bookworm-backports every run passed. Releases between were not tried.
+/// NOTE: on an idle 2-core host, Debian 12's QEMU 7.2 stalled the emulated host in most 2-vCPU
+/// guest boots, with interrupts pending in the outer local APIC but never delivered. There
+/// `tests/emulated_boot.rs` failed 2 of 2 runs, and with 10.0.2 from bookworm-backports it
+/// passed 2 of 2. Releases between were not tried.
 const QEMU_MIN_VERSION: (u32, u32) = (10, 0);
 
 /// Checks that QEMU is installed and not older than [`QEMU_MIN_VERSION`].
