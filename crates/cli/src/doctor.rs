@@ -297,13 +297,17 @@ async fn check_guest_image() -> Vec<Check> {
 }
 
 fn check_qemu() -> Check {
-    match find_program("qemu-system-x86_64") {
-        Some(path) => Check::new(
+    let Some(path) = find_program("qemu-system-x86_64") else {
+        return Check::new("qemu", Level::Warn, "qemu-system-x86_64 not found")
+            .action("install qemu-system-x86 (scripts/setup-host) for the emulated host");
+    };
+    match isobench_vmm::emulated::check_qemu() {
+        Ok(()) => Check::new(
             "qemu",
             Level::Ok,
             format!("{} present for the emulated host", path.display()),
         ),
-        None => Check::new("qemu", Level::Warn, "qemu-system-x86_64 not found")
-            .action("install qemu-system-x86 (scripts/setup-host) for the emulated host"),
+        // The error names the fix itself.
+        Err(error) => Check::new("qemu", Level::Warn, error.to_string()),
     }
 }

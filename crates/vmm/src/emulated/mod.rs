@@ -51,6 +51,11 @@ use std::time::Duration;
 pub use cache::default_cache_dir;
 pub use program::ProgramArg;
 
+/// Checks that QEMU is installed and recent enough to run the emulated host.
+pub fn check_qemu() -> Result<(), EmulatedError> {
+    qemu::check_installed()
+}
+
 /// The Debian package whose dependency names the versioned cloud kernel package.
 pub const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
 
