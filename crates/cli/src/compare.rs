@@ -42,7 +42,7 @@ use isobench_workload::Suite;
 use crate::flags::{
     check_docker_vcpus, check_out_dir, check_seconds, create_direct_backend, BackendArg, LimitArgs,
 };
-use crate::interrupt::{kept_trials, planned_trials};
+use crate::interrupt::{self, kept_trials, planned_trials};
 
 /// Execution host of the microVM backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -498,18 +498,19 @@ async fn compare(
 
     let (canceller, cancel) = cancel::channel();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_err() {
+        let Some(signal) = interrupt::stop_requested().await else {
             return;
-        }
+        };
         eprintln!(
-            "isobench: interrupted; stopping the current trial and keeping the finished ones"
+            "isobench: interrupted by {signal}; stopping the current trial and keeping the \
+             finished ones"
         );
         canceller.cancel();
-        if tokio::signal::ctrl_c().await.is_err() {
+        if interrupt::stop_requested().await.is_none() {
             return;
         }
         eprintln!("isobench: still cleaning up; press Ctrl-C again to exit at once");
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if interrupt::stop_requested().await.is_some() {
             // The next run's sweep removes whatever the current trial leaves behind.
             eprintln!("isobench: exiting without cleanup");
             std::process::exit(130);

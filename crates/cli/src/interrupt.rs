@@ -1,10 +1,24 @@
-//! The lines printed after Ctrl-C: which trials an interrupted run finished and kept.
+//! Stop requests (Ctrl-C or SIGTERM) and the lines printed after one: which trials an
+//! interrupted run finished and kept.
 //!
 //! Warm-ups are not trials: they run first, are left out of every figure, and are reported
 //! apart from the measured trials.
 
 use isobench_harness::results::{ExecutionHost, Results, TrialOutcome, TrialRecord};
 use isobench_harness::summary::trial_name;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM, the two requests to stop that a run answers by
+/// cleaning up. Returns the signal's name, or `None` when no handler could be installed.
+pub async fn stop_requested() -> Option<&'static str> {
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        return tokio::signal::ctrl_c().await.ok().map(|()| "SIGINT");
+    };
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.ok().map(|()| "SIGINT"),
+        _ = terminate.recv() => Some("SIGTERM"),
+    }
+}
 
 /// Returns one line per backend saying how many of its planned trials finished and are kept
 /// in `results.json`, and how many warm-ups finished, preceded by a line naming the trial that

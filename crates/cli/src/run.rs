@@ -209,8 +209,8 @@ async fn run(config: RunConfigResolved) -> anyhow::Result<ExitCode> {
 
     let (canceller, cancel) = cancel::channel();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("isobench: interrupted; stopping the current trial");
+        if let Some(signal) = crate::interrupt::stop_requested().await {
+            eprintln!("isobench: interrupted by {signal}; stopping the current trial");
             canceller.cancel();
         }
     });

@@ -178,8 +178,8 @@ async fn boot_and_wait(backend: &MicrovmBackend, spec: &LaunchSpec) -> anyhow::R
             }
             None
         }
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("isobench: interrupted");
+        signal = crate::interrupt::stop_requested() => {
+            eprintln!("isobench: interrupted by {}", signal.unwrap_or("a signal"));
             None
         }
     };

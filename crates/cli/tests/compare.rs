@@ -160,13 +160,28 @@ fn wait_running<T>(
 
 /// Sends SIGINT to the child, as Ctrl-C in its terminal would.
 fn interrupt(child: &Child) {
+    send_signal(child, libc::SIGINT);
+}
+
+/// Sends `signal` to the child.
+fn send_signal(child: &Child, signal: libc::c_int) {
     // SAFETY: kill only sends a signal to the child this test spawned and still owns.
-    let signalled = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    assert_eq!(signalled, 0, "SIGINT to isobench compare");
+    let signalled = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(signalled, 0, "signal {signal} to isobench compare");
 }
 
 #[test]
 fn ctrl_c_in_warmup_keeps_no_trial() {
+    stop_in_warmup_keeps_no_trial(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_in_warmup_keeps_no_trial() {
+    stop_in_warmup_keeps_no_trial(libc::SIGTERM);
+}
+
+/// Stops a run with `signal` during its first warm-up and checks what it kept and left.
+fn stop_in_warmup_keeps_no_trial(signal: libc::c_int) {
     if let Some(reason) = missing_prerequisite() {
         eprintln!("skipped: {reason}");
         return;
@@ -193,7 +208,7 @@ fn ctrl_c_in_warmup_keeps_no_trial() {
         (!process_backend_leftovers(pid).is_empty()).then_some(())
     });
     let child = child.unwrap();
-    interrupt(&child);
+    send_signal(&child, signal);
 
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
