@@ -8,8 +8,8 @@ use isobench_harness::results::{ExecutionHost, Results, TrialOutcome, TrialRecor
 use isobench_harness::summary::trial_name;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Waits for Ctrl-C (SIGINT) or SIGTERM, the two requests to stop that a run answers by
-/// cleaning up. Returns the signal's name, or `None` when no handler could be installed.
+/// Waits for Ctrl-C (SIGINT) or SIGTERM, the two stop requests after which a run cleans up
+/// and exits. Returns the signal's name, or `None` when no handler could be installed.
 pub async fn stop_requested() -> Option<&'static str> {
     let Ok(mut terminate) = signal(SignalKind::terminate()) else {
         return tokio::signal::ctrl_c().await.ok().map(|()| "SIGINT");
