@@ -168,17 +168,37 @@ pub fn check_docker_vcpus(vcpus: u32) -> anyhow::Result<()> {
 /// default folder under `reports/`). Creates nothing: the write check creates and removes a
 /// probe.
 pub fn check_out_dir(flag: &str, dir: &Path, create_parents: bool) -> anyhow::Result<()> {
+    check_folder(flag, dir, true, create_parents)
+}
+
+/// Checks the output folder of `isobench report`, which re-renders into a folder that may hold
+/// an earlier report: the folder must be a folder if it exists, and be writable or creatable.
+/// Creates nothing.
+pub fn check_report_dir(flag: &str, dir: &Path) -> anyhow::Result<()> {
+    check_folder(flag, dir, false, true)
+}
+
+/// Checks output folder `dir`, which must be empty if it exists and `must_be_empty` is set.
+fn check_folder(
+    flag: &str,
+    dir: &Path,
+    must_be_empty: bool,
+    create_parents: bool,
+) -> anyhow::Result<()> {
     let shown = dir.display();
+    let wanted = if must_be_empty {
+        "a new or empty folder"
+    } else {
+        "a folder"
+    };
     if dir.as_os_str().is_empty() {
         anyhow::bail!("invalid {flag} \"\": pass a folder name");
     }
     match std::fs::metadata(dir) {
         Ok(metadata) if !metadata.is_dir() => {
-            anyhow::bail!(
-                "invalid {flag} {shown}: it is a file, not a folder; pass a new or empty folder"
-            )
+            anyhow::bail!("invalid {flag} {shown}: it is a file, not a folder; pass {wanted}")
         }
-        Ok(_) => {
+        Ok(_) if must_be_empty => {
             let mut entries = std::fs::read_dir(dir).map_err(|error| {
                 anyhow::anyhow!(
                     "invalid {flag} {shown}: the folder cannot be read ({error}); pass another \
@@ -187,35 +207,14 @@ pub fn check_out_dir(flag: &str, dir: &Path, create_parents: bool) -> anyhow::Re
             })?;
             if entries.next().is_some() {
                 anyhow::bail!(
-                    "invalid {flag} {shown}: the folder exists and is not empty; pass a new or \
-                     empty folder"
+                    "invalid {flag} {shown}: the folder exists and is not empty; pass {wanted}"
                 );
             }
             probe_writable(flag, dir, dir)
         }
-        Err(error) if is_absent(&error) => {
-            let parent = existing_parent(flag, dir, create_parents)?;
-            probe_writable(flag, dir, &parent)
-        }
-        Err(error) => anyhow::bail!("invalid {flag} {shown}: {error}; pass another folder"),
-    }
-}
-
-/// Checks the output folder of `isobench report`, which re-renders into a folder that may hold
-/// an earlier report: the folder must be a folder if it exists, and be writable or creatable.
-/// Creates nothing.
-pub fn check_report_dir(flag: &str, dir: &Path) -> anyhow::Result<()> {
-    let shown = dir.display();
-    if dir.as_os_str().is_empty() {
-        anyhow::bail!("invalid {flag} \"\": pass a folder name");
-    }
-    match std::fs::metadata(dir) {
-        Ok(metadata) if !metadata.is_dir() => {
-            anyhow::bail!("invalid {flag} {shown}: it is a file, not a folder; pass a folder")
-        }
         Ok(_) => probe_writable(flag, dir, dir),
         Err(error) if is_absent(&error) => {
-            let parent = existing_parent(flag, dir, true)?;
+            let parent = existing_parent(flag, dir, create_parents)?;
             probe_writable(flag, dir, &parent)
         }
         Err(error) => anyhow::bail!("invalid {flag} {shown}: {error}; pass another folder"),
