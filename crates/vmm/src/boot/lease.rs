@@ -3,11 +3,10 @@
 //! A `MAP_PRIVATE` file mapping keeps following the file on Linux. Bytes written to the file
 //! show through in every page the guest has not written yet. Truncating the file drops the
 //! pages past the new end, private copies included (`truncate_pagecache`), so that a VMM access
-//! to such a page raises SIGBUS and a guest access makes `KVM_RUN` fail. A read lease
-//! (`fcntl(F_SETLEASE, F_RDLCK)`, see fcntl(2)) makes the kernel signal this process before
-//! another process opens the file for writing or truncates it, and holds that process back
-//! until the lease is released or `/proc/sys/fs/lease-break-time` seconds (45 by default) have
-//! passed. On that signal the VM is stopped, and the lease stays until the VMM exits and unmaps
+//! to such a page raises SIGBUS and a guest access makes `KVM_RUN` fail. With a read lease
+//! (`fcntl(F_SETLEASE, F_RDLCK)`, see fcntl(2)), the kernel signals this process before another
+//! process opens the file for writing or truncates it. It holds that process back until the
+//! lease is released or `/proc/sys/fs/lease-break-time` seconds (45 by default) have passed. On that signal the VM is stopped, and the lease stays until the VMM exits and unmaps
 //! the file. Replacing the file by a rename, as the guest image cache does, leaves the mapped
 //! file alone and does not stop the VM.
 //!

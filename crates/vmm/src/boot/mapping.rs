@@ -3,8 +3,8 @@
 //!
 //! Copying a 9 MB vmlinux into lazily faulted anonymous pages is the slowest step of setup:
 //! each 4 KiB page takes a fault, a zeroing and a copy. Mapping the file costs a few system
-//! calls, and the guest then faults the kernel's pages in from the page cache as it touches
-//! them; a page the guest writes becomes a private copy. The guest sees the same bytes as with
+//! calls. The guest then faults the kernel's pages in from the page cache as it touches them,
+//! and a page the guest writes becomes a private copy. The guest sees the same bytes as with
 //! the copying loader: whole pages inside a segment's file range are mapped, and the partial
 //! first and last pages are copied, so the bytes past `p_filesz` (the BSS) stay the zeroes of
 //! fresh anonymous memory, as they do with linux-loader, which does not write them either.
@@ -106,7 +106,7 @@ pub struct ElfLayout {
 pub enum Mapped {
     /// The kernel is in guest RAM; the same result linux-loader would return.
     Loaded(KernelLoaderResult),
-    /// Mapping cannot be shown to give the same guest memory; the text says why.
+    /// Mapping cannot be shown to give the same guest memory, for the reason in the text.
     NotMappable(String),
 }
 
@@ -282,7 +282,7 @@ fn map_range(
         .map_err(|e| map_error(io::Error::other(e.to_string())))?;
     // SAFETY: [host, host + len) lies inside one mapping owned by `mem` (checked by
     // `check_mappable`), so MAP_FIXED replaces only guest RAM pages, with the same protection
-    // and MAP_PRIVATE sharing; the old pages were never written, because `mem` is fresh and
+    // and MAP_PRIVATE sharing. The old pages were never written, because `mem` is fresh and
     // no vCPU runs yet. `mem` unmaps its whole range when dropped, including this part. The
     // file range lies inside the file (checked against its size under the lease).
     let mapped = unsafe {
@@ -338,8 +338,8 @@ fn load_segment(mem: &GuestMemoryMmap, file: &File, segment: &Segment) -> Result
 
 /// Maps the ELF kernel `file`, of `file_size` bytes, into the fresh guest RAM `mem`. The
 /// caller must keep the file from changing while it is mapped ([`super::lease`]).
-// NOTE: a disk read error while a kernel page is faulted in later makes KVM_RUN fail, or
-// raises SIGBUS if the VMM itself reads that page; the copying loader reports it at load time.
+// NOTE: a disk read error while a kernel page is faulted in later makes KVM_RUN fail, or raises
+// SIGBUS if the VMM itself reads that page. The copying loader reports such an error at load.
 pub fn map_elf(
     mem: &GuestMemoryMmap,
     file: &File,
