@@ -1,4 +1,4 @@
-//! Stop requests (Ctrl-C or SIGTERM) and the lines printed after one: which trials an
+//! Stop requests (Ctrl-C, SIGTERM, SIGHUP) and the lines printed after one: which trials an
 //! interrupted run finished and kept.
 //!
 //! Warm-ups are not trials: they run first, are left out of every figure, and are reported
@@ -8,15 +8,20 @@ use isobench_harness::results::{ExecutionHost, Results, TrialOutcome, TrialRecor
 use isobench_harness::summary::trial_name;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Waits for Ctrl-C (SIGINT) or SIGTERM, the two stop requests after which a run cleans up
-/// and exits. Returns the signal's name, or `None` when no handler could be installed.
+/// Waits for Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal closed), the stop requests after
+/// which a run cleans up and exits. Returns the signal's name, or `None` when no handler could
+/// be installed.
 pub async fn stop_requested() -> Option<&'static str> {
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+    let (Ok(mut terminate), Ok(mut hangup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
         return tokio::signal::ctrl_c().await.ok().map(|()| "SIGINT");
     };
     tokio::select! {
         result = tokio::signal::ctrl_c() => result.ok().map(|()| "SIGINT"),
         _ = terminate.recv() => Some("SIGTERM"),
+        _ = hangup.recv() => Some("SIGHUP"),
     }
 }
 
