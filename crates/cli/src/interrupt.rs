@@ -4,6 +4,9 @@
 //! Warm-ups are not trials: they run first, are left out of every figure, and are reported
 //! apart from the measured trials.
 
+use std::io::Write as _;
+use std::os::fd::AsRawFd as _;
+
 use isobench_harness::results::{ExecutionHost, Results, TrialOutcome, TrialRecord};
 use isobench_harness::summary::trial_name;
 use tokio::signal::unix::{signal, SignalKind};
@@ -21,7 +24,26 @@ pub async fn stop_requested() -> Option<&'static str> {
     tokio::select! {
         result = tokio::signal::ctrl_c() => result.ok().map(|()| "SIGINT"),
         _ = terminate.recv() => Some("SIGTERM"),
-        _ = hangup.recv() => Some("SIGHUP"),
+        _ = hangup.recv() => {
+            let _ = writeln!(std::io::stderr(), "isobench: terminal closed (SIGHUP)");
+            detach_from_terminal();
+            Some("SIGHUP")
+        }
+    }
+}
+
+/// Points standard output and error at `/dev/null`. After SIGHUP the terminal is gone, so
+/// every later write to it would fail, and `eprintln!` would panic in the middle of cleanup.
+fn detach_from_terminal() {
+    let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+        return;
+    };
+    for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 only replaces descriptor `fd` with a copy of `null`, which stays open
+        // for the call. Rust's standard output and error handles keep using the same numbers.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), fd);
+        }
     }
 }
 
