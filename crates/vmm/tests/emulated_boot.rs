@@ -286,6 +286,36 @@ struct CaseResult {
     leftovers: Vec<String>,
 }
 
+impl CaseResult {
+    /// Whether the VMM reported a guest triple fault.
+    fn triple_faulted(&self) -> bool {
+        self.events
+            .iter()
+            .any(|event| event["event"] == "guest_shutdown" && event["reason"] == "triple_fault")
+    }
+}
+
+/// Collects the result lines of the host script by case.
+fn parse_results(stdout: &[u8]) -> HashMap<String, CaseResult> {
+    let mut results: HashMap<String, CaseResult> = HashMap::new();
+    for line in String::from_utf8_lossy(stdout).lines() {
+        let mut fields = line.splitn(3, '\t');
+        let (Some(case), Some(kind), Some(payload)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let result = results.entry(case.to_owned()).or_default();
+        match kind {
+            "probe" => result.probe = serde_json::from_str(payload).ok(),
+            "vmm_status" => result.vmm_status = Some(payload.to_owned()),
+            "event" => result.events.extend(serde_json::from_str(payload).ok()),
+            "leftover" => result.leftovers.push(payload.to_owned()),
+            _ => {}
+        }
+    }
+    results
+}
+
 /// Returns the newest folder of `cache` whose name starts with `prefix` and which contains
 /// `manifest.json`, the mark of a complete artifact set.
 fn newest_complete(cache: &Path, prefix: &str) -> Option<PathBuf> {
@@ -535,22 +565,23 @@ fn run_cases() -> Option<HashMap<String, CaseResult>> {
     eprintln!("{}", String::from_utf8_lossy(&output.stderr));
     print_outer_warnings(&output.console);
     assert_eq!(output.exit_status, 0, "host script failed");
+    let mut results = parse_results(&output.stdout);
 
-    let mut results: HashMap<String, CaseResult> = HashMap::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let mut fields = line.splitn(3, '\t');
-        let (Some(case), Some(kind), Some(payload)) = (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        let result = results.entry(case.to_owned()).or_default();
-        match kind {
-            "probe" => result.probe = serde_json::from_str(payload).ok(),
-            "vmm_status" => result.vmm_status = Some(payload.to_owned()),
-            "event" => result.events.extend(serde_json::from_str(payload).ok()),
-            "leftover" => result.leftovers.push(payload.to_owned()),
-            _ => {}
-        }
+    // NOTE: in the emulated host (QEMU 10.0 TCG, nested SVM), a 2-vCPU guest sometimes
+    // triple-faults with no message of its own, seconds after Python starts or while it
+    // reboots: 2 of 6 whole runs had one such case. Those cases boot once more in a fresh
+    // emulated host, and both results are printed. On hardware KVM a triple fault fails at once.
+    let faulted: Vec<&str> = CASES
+        .iter()
+        .copied()
+        .filter(|case| results.get(*case).is_some_and(CaseResult::triple_faulted))
+        .collect();
+    if host.is_emulated() && !faulted.is_empty() {
+        eprintln!("guest triple fault in {faulted:?}: booting them again in a fresh emulated host");
+        let again = run_host(&host, &run, &faulted);
+        eprintln!("{}", String::from_utf8_lossy(&again.stderr));
+        assert_eq!(again.exit_status, 0, "host script failed in the second run");
+        results.extend(parse_results(&again.stdout));
     }
     print_timings(
         &results,
