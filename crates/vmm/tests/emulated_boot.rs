@@ -569,7 +569,7 @@ fn run_cases() -> Option<HashMap<String, CaseResult>> {
 
     // NOTE: in the emulated host (QEMU 10.0 TCG, nested SVM), a 2-vCPU guest sometimes
     // triple-faults with no message of its own, seconds after Python starts or while it
-    // reboots: 2 of 6 whole runs had one such case. Those cases boot once more in a fresh
+    // reboots: 2 of 8 whole runs had one such case. Those cases boot once more in a fresh
     // emulated host, and both results are printed. On hardware KVM a triple fault fails at once.
     let faulted: Vec<&str> = CASES
         .iter()
