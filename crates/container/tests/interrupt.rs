@@ -117,6 +117,14 @@ async fn interrupted_run_helper() {
     let Ok(run) = std::env::var(HELPER_RUN_ENV) else {
         return;
     };
+    // A shell that starts the tests in the background without job control makes them ignore
+    // SIGINT, and the ignored disposition passes on to this process: restore the default, so
+    // SIGINT kills it as it kills a run started from a terminal.
+    // SAFETY: signal(2) with SIG_DFL installs no handler, and no other thread of this process
+    // relies on the SIGINT disposition.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
     let Some((engine, image)) = engine_and_image().await else {
         return;
     };
