@@ -19,14 +19,24 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Failure to read or write a results file.
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {
-    /// The file could not be read or written.
-    #[error("cannot access results file {path}")]
-    Io {
+    /// The file could not be read.
+    #[error(
+        "cannot read results file {path} ({error}): pass a results.json that isobench compare \
+         wrote, such as reports/<timestamp>/results.json"
+    )]
+    Read {
         /// Path of the file.
         path: PathBuf,
         /// Underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// The file could not be written.
+    #[error("cannot write {path} ({error}): check that its folder exists and is writable")]
+    Write {
+        /// Path of the file.
+        path: PathBuf,
+        /// Underlying error.
+        error: std::io::Error,
     },
     /// The file is not valid JSON of this schema.
     #[error("invalid results file {path}: it is not the JSON that isobench compare writes")]
@@ -319,9 +329,9 @@ pub enum CellMetric {
 impl Results {
     /// Reads and checks a results file.
     pub fn read(path: &Path) -> Result<Results, ResultsError> {
-        let text = fs::read_to_string(path).map_err(|source| ResultsError::Io {
+        let text = fs::read_to_string(path).map_err(|error| ResultsError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| ResultsError::Parse {
@@ -370,9 +380,9 @@ impl Results {
 
 /// Writes `contents` to a temporary file beside `path` and renames it to `path`.
 pub fn write_file_atomic(path: &Path, contents: &[u8]) -> Result<(), ResultsError> {
-    let io_error = |source| ResultsError::Io {
+    let io_error = |error| ResultsError::Write {
         path: path.to_owned(),
-        source,
+        error,
     };
     let file_name = path
         .file_name()

@@ -22,13 +22,15 @@ const DEFAULT_TIMEOUT_S: f64 = 60.0;
 #[derive(Debug, thiserror::Error)]
 pub enum SuiteError {
     /// The suite file could not be read.
-    #[error("failed to read suite file {path}")]
+    #[error(
+        "cannot read suite file {path} ({error}): pass --suite a readable TOML suite, or leave \
+         --suite out for the default suite"
+    )]
     Read {
         /// The file.
         path: String,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The suite is not valid TOML of the suite's shape.
     #[error("invalid suite {origin}: {message}")]
@@ -202,9 +204,9 @@ impl Suite {
 
     /// Reads and validates a suite file.
     pub fn from_file(path: &Path) -> Result<Suite, SuiteError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| SuiteError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Suite::from_toml(&text, &path.display().to_string())
     }

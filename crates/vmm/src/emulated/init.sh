@@ -95,7 +95,19 @@ stdout_port=$(find_port isobench.stdout) || fail "port_missing stdout"
 stderr_port=$(find_port isobench.stderr) || fail "port_missing stderr"
 
 # A heartbeat record every 5 s lets the host side tell a frozen emulated host from a slow one.
-( while sleep 5; do report heartbeat; done ) &
+# Before each record, a task runs pinned to each processor in turn. So a single processor that
+# no longer schedules tasks silences the heartbeat, as a frozen host does.
+cpus=$(nproc)
+(
+    while sleep 5; do
+        cpu=0
+        while [ "$cpu" -lt "$cpus" ]; do
+            taskset -c "$cpu" true
+            cpu=$((cpu + 1))
+        done
+        report heartbeat
+    done
+) &
 
 [ -c /dev/kvm ] || fail "kvm_missing"
 # The nested KVM's settings, for reading a failed run's console.

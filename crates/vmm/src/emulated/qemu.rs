@@ -37,10 +37,9 @@ const QEMU: &str = "qemu-system-x86_64";
 ///   TCG) saw an inner guest panic in its page-fault entry, and with it off four runs saw no
 ///   guest fault. That it caused the panic is a likely guess, not a proven cause.
 /// - `hung_task_panic=1` makes a task that stays blocked for 120 s (the default
-///   `hung_task_timeout_secs`) panic the kernel. NOTE: with QEMU 10.0, one emulated compare
-///   run stalled with one outer processor taking no interrupts and the tasks bound to it
-///   blocked, while the other processor kept the heartbeat going. Without this the run lasted
-///   until its timeout of 20 minutes.
+///   `hung_task_timeout_secs`) panic the kernel. With QEMU 10.0, one emulated compare run
+///   stalled with one outer processor taking no interrupts and the tasks bound to it blocked.
+///   The heartbeat now runs a task on every processor, so such a stall silences it too.
 const OUTER_CMDLINE: &str =
     "console=ttyS0 panic=-1 softlockup_panic=1 hung_task_panic=1 kvm_amd.vgif=0 quiet";
 /// Console lines of the outer kernel that report a fault of its own.
