@@ -537,11 +537,12 @@ fn run_cases() -> Option<HashMap<String, CaseResult>> {
     ];
     run.vcpus = 2;
     run.memory_mib = 1536;
-    // Whole runs took 374 to 671 s on a 2-core host at load averages of 5 to 13, so a run
-    // past 1500 s has most likely frozen in the emulated host, and `run_host` starts a fresh
-    // one. The host script also bounds each boot case at 590 s (probe 450 s, reboot wait
-    // 120 s, stop 20 s). A soft-locked outer kernel panics after 20 s and ends the run sooner.
-    run.timeout = Duration::from_secs(1500);
+    // Whole runs took 374 to 671 s on a 2-core host at load averages of 5 to 13, and 210 to
+    // 320 s when idle. A run past 1000 s has most likely stalled in the emulated host, and
+    // `run_host` starts a fresh one. Three such runs still fit in CI's 90 minutes. The host
+    // script also bounds each boot case at 590 s (probe 450 s, reboot wait 120 s, stop 20 s).
+    // A frozen host or a soft-locked outer kernel ends the run sooner.
+    run.timeout = Duration::from_secs(1000);
 
     // The emulated host takes 5 to 20 minutes for these boots and sometimes freezes, so they
     // run there only when ISOBENCH_EMULATED_TESTS=1 is set. On hardware KVM they always run.
