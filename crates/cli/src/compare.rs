@@ -62,11 +62,11 @@ pub struct CompareArgs {
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     backends: Option<Vec<BackendArg>>,
     /// Measured trials per backend.
-    #[arg(long, allow_negative_numbers = true, default_value_t = defaults::TRIALS)]
-    trials: u32,
+    #[arg(long, allow_negative_numbers = true, default_value_t = defaults::TRIALS.into())]
+    trials: u64,
     /// Warm-up trials per backend, run first and left out of every figure.
-    #[arg(long, allow_negative_numbers = true, default_value_t = defaults::WARMUP_TRIALS)]
-    warmup: u32,
+    #[arg(long, allow_negative_numbers = true, default_value_t = defaults::WARMUP_TRIALS.into())]
+    warmup: u64,
     #[command(flatten)]
     limits: LimitArgs,
     /// Folder for results.json, summary.csv, index.html and the SVG charts: a new or empty
@@ -116,6 +116,9 @@ struct Settings {
     vcpus: u32,
     memory_mib: u32,
     out: PathBuf,
+    /// Whether `out` is the default `reports/<timestamp>`, which another run started in the
+    /// same second may take first.
+    out_is_default: bool,
     microvm_host: Option<MicrovmHost>,
     ready_deadline: Duration,
     trial_deadline: Duration,
@@ -186,6 +189,7 @@ fn resolve(args: CompareArgs) -> anyhow::Result<Settings> {
     }
     // The folder is checked here, before the backends are probed and the guest image is built,
     // so a bad --out fails within a second instead of after minutes.
+    let out_is_default = args.out.is_none();
     let out = match args.out {
         Some(out) => {
             check_out_dir("--out", &out, false)?;
@@ -203,12 +207,13 @@ fn resolve(args: CompareArgs) -> anyhow::Result<Settings> {
         .transpose()?;
     Ok(Settings {
         requested,
-        trials: args.trials,
-        warmup: args.warmup,
+        trials: limits.trials,
+        warmup: limits.warmup,
         suite: limits.suite,
         vcpus: args.limits.vcpus,
         memory_mib: args.limits.memory_mib,
         out,
+        out_is_default,
         microvm_host: args.microvm_host,
         ready_deadline: limits.ready_deadline,
         trial_deadline: limits.trial_deadline,
@@ -224,10 +229,35 @@ fn default_out_dir() -> PathBuf {
     let mut candidate = base.clone();
     let mut suffix = 2;
     while candidate.exists() {
-        candidate = PathBuf::from(format!("{}-{suffix}", base.display()));
+        candidate = numbered_folder(&base, suffix);
         suffix += 1;
     }
     candidate
+}
+
+/// Returns `base` with `-<number>` appended to its name.
+fn numbered_folder(base: &Path, number: u32) -> PathBuf {
+    PathBuf::from(format!("{}-{number}", base.display()))
+}
+
+/// Creates the folder `base`, or `base-2`, `base-3` and so on when another run has created
+/// it since it was chosen, and returns the one created.
+fn create_new_folder(base: &Path) -> std::io::Result<PathBuf> {
+    if let Some(parent) = base.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mut candidate = base.to_owned();
+    let mut number = 2;
+    loop {
+        match fs::create_dir(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                candidate = numbered_folder(base, number);
+                number += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// Backends that will run, in round order, and those that will not.
@@ -416,11 +446,16 @@ fn prepare_image(selection: &Selection) -> anyhow::Result<GuestImagePaths> {
 }
 
 async fn compare(
-    settings: Settings,
+    mut settings: Settings,
     selection: Selection,
     image: GuestImagePaths,
 ) -> anyhow::Result<ExitCode> {
-    fs::create_dir_all(&settings.out).with_context(|| {
+    let created = if settings.out_is_default {
+        create_new_folder(&settings.out)
+    } else {
+        fs::create_dir_all(&settings.out).map(|()| settings.out.clone())
+    };
+    settings.out = created.with_context(|| {
         format!(
             "failed to create the report folder {}",
             settings.out.display()
@@ -935,6 +970,17 @@ mod tests {
     use super::*;
 
     const KVM_LABEL: &str = "paravirtual KVM (kvm_pvm)";
+
+    #[test]
+    fn new_folder_numbered_when_taken() {
+        let directory = tempfile::tempdir().unwrap();
+        let base = directory.path().join("reports").join("20261205-014805");
+        assert_eq!(create_new_folder(&base).unwrap(), base);
+        let second = create_new_folder(&base).unwrap();
+        assert_eq!(second, directory.path().join("reports/20261205-014805-2"));
+        let third = create_new_folder(&base).unwrap();
+        assert_eq!(third, directory.path().join("reports/20261205-014805-3"));
+    }
 
     fn record(outcome: TrialOutcome) -> TrialRecord {
         TrialRecord {

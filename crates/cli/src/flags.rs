@@ -83,6 +83,10 @@ pub struct LimitArgs {
 
 /// Trial settings checked and resolved from the command line.
 pub struct TrialLimits {
+    /// Measured trials per backend.
+    pub trials: u32,
+    /// Warm-up trials per backend.
+    pub warmup: u32,
     /// Time allowed from launch to a ready Jupyter kernel.
     pub ready_deadline: Duration,
     /// Time allowed for one whole trial.
@@ -106,19 +110,25 @@ impl LimitArgs {
     /// must be in.
     pub fn check(
         &self,
-        trials: u32,
-        warmup: u32,
+        trials: u64,
+        warmup: u64,
         trial_deadline_s: f64,
     ) -> anyhow::Result<TrialLimits> {
         if trials == 0 {
             anyhow::bail!("invalid --trials 0: run at least 1 measured trial per backend");
         }
-        if trials > MAX_TRIALS {
+        let Some(trials) = u32::try_from(trials)
+            .ok()
+            .filter(|&count| count <= MAX_TRIALS)
+        else {
             anyhow::bail!("invalid --trials {trials}: use 1 to {MAX_TRIALS}");
-        }
-        if warmup > MAX_TRIALS {
+        };
+        let Some(warmup) = u32::try_from(warmup)
+            .ok()
+            .filter(|&count| count <= MAX_TRIALS)
+        else {
             anyhow::bail!("invalid --warmup {warmup}: use 0 to {MAX_TRIALS}");
-        }
+        };
         // The same limit and message as `isobench-vmm` and `isobench vm boot`.
         isobench_vmm::config::check_vcpus(self.vcpus)?;
         check_memory_mib("--memory-mib", self.memory_mib)?;
@@ -136,6 +146,8 @@ impl LimitArgs {
             None => Suite::default_suite(),
         };
         Ok(TrialLimits {
+            trials,
+            warmup,
             ready_deadline,
             trial_deadline,
             suite,
@@ -407,7 +419,7 @@ mod tests {
         }
     }
 
-    fn error(limits: LimitArgs, trials: u32, trial_deadline_s: f64) -> String {
+    fn error(limits: LimitArgs, trials: u64, trial_deadline_s: f64) -> String {
         match limits.check(trials, 1, trial_deadline_s) {
             Ok(_) => panic!("the flags were accepted"),
             Err(error) => error.to_string(),
@@ -416,11 +428,11 @@ mod tests {
 
     #[test]
     fn huge_warmup_is_rejected() {
-        let message = match limits().check(3, u32::MAX, 300.0) {
-            Ok(_) => panic!("--warmup {} was accepted", u32::MAX),
+        let message = match limits().check(3, 99_999_999_999, 300.0) {
+            Ok(_) => panic!("--warmup 99999999999 was accepted"),
             Err(error) => error.to_string(),
         };
-        assert_eq!(message, "invalid --warmup 4294967295: use 0 to 1000000");
+        assert_eq!(message, "invalid --warmup 99999999999: use 0 to 1000000");
     }
 
     #[test]
@@ -461,9 +473,15 @@ mod tests {
             (limits(), 0, 300.0, "invalid --trials 0"),
             (
                 limits(),
-                MAX_TRIALS + 1,
+                u64::from(MAX_TRIALS) + 1,
                 300.0,
                 "invalid --trials 1000001: use 1 to 1000000",
+            ),
+            (
+                limits(),
+                99_999_999_999,
+                300.0,
+                "invalid --trials 99999999999: use 1 to 1000000",
             ),
             (
                 LimitArgs {

@@ -80,7 +80,9 @@ fn main() -> ExitCode {
 /// Colour codes are written only to a terminal, so a log file or a pipe gets plain text.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // The ZeroMQ library warns on every reconnection attempt to a kernel that has exited,
+        // which the trial's failure already reports.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zeromq=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -39,10 +39,10 @@ pub struct RunArgs {
     backend: BackendArg,
     /// Measured trials.
     #[arg(long, allow_negative_numbers = true, default_value_t = 3)]
-    trials: u32,
+    trials: u64,
     /// Warm-up trials, run first and left out of every figure.
     #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
-    warmup: u32,
+    warmup: u64,
     #[command(flatten)]
     limits: LimitArgs,
     /// Time allowed for one whole trial, launch to end of the suite, in seconds.
@@ -108,8 +108,8 @@ async fn resolve(args: &RunArgs) -> anyhow::Result<RunConfigResolved> {
         docker,
         suite: limits.suite,
         image,
-        trials: args.trials,
-        warmup: args.warmup,
+        trials: limits.trials,
+        warmup: limits.warmup,
         vcpus: args.limits.vcpus,
         memory_mib: args.limits.memory_mib,
         ready_deadline: limits.ready_deadline,

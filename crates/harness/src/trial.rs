@@ -270,7 +270,14 @@ impl Steps<'_> {
             }
             Ok(Err(error)) => {
                 let exit = self.exit_if_already_dead().await;
-                return failed(TrialStage::Suite, error.to_string(), exit);
+                let mut cause = error.to_string();
+                if let Some(exit) = &exit {
+                    cause.push_str(&format!(
+                        " (the Jupyter kernel exited with {})",
+                        exit.status
+                    ));
+                }
+                return failed(TrialStage::Suite, cause, exit);
             }
             Err(interruption) => return self.interrupted(TrialStage::Suite, interruption),
         }
@@ -291,7 +298,9 @@ impl Steps<'_> {
     ) -> TrialRecord {
         observer.stage(name, TrialStage::Shutdown);
         let start = Instant::now();
-        if let Some(mut session) = self.session.take() {
+        // A kernel whose exit the backend has seen cannot reply, so it is not asked.
+        let exited = matches!(outcome, TrialOutcome::Failed { exit: Some(_), .. });
+        if let Some(mut session) = self.session.take().filter(|_| !exited) {
             match tokio::time::timeout(SHUTDOWN_TIMEOUT, session.shutdown()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::warn!(backend = name, %error, "shutdown request failed"),

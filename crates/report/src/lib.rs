@@ -126,17 +126,53 @@ impl Report {
         for chart in &self.charts {
             write_file_atomic(&dir.join(format!("{}.svg", chart.id)), chart.svg.as_bytes())?;
         }
-        for (summary, label) in self.summaries.iter().zip(&self.host_labels) {
-            let name = if self.summaries.len() == 1 {
-                "summary.csv".to_owned()
-            } else {
-                format!("summary-{}.csv", file_name_part(label))
-            };
+        for (summary, name) in self.summaries.iter().zip(self.summary_names()) {
             write_file_atomic(&dir.join(name), summary.to_csv().as_bytes())?;
         }
         let index = dir.join("index.html");
+        let rerender = index.is_file();
         write_file_atomic(&index, self.html.as_bytes())?;
+        if rerender {
+            self.remove_stale_files(dir);
+        }
         Ok(index)
+    }
+
+    /// Removes the charts and summaries that an earlier report in `dir` wrote and this one
+    /// does not, so the folder matches its `index.html`. Files that cannot be removed stay.
+    fn remove_stale_files(&self, dir: &Path) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = if let Some(id) = name.strip_suffix(".svg") {
+                !self.charts.iter().any(|chart| chart.id == id)
+            } else {
+                name.starts_with("summary")
+                    && name.ends_with(".csv")
+                    && !self.summary_names().contains(&name)
+            };
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Returns the file names of the summary CSVs, one per summary: `summary.csv` for one run,
+    /// `summary-<host>.csv` for several.
+    fn summary_names(&self) -> Vec<String> {
+        self.summaries
+            .iter()
+            .zip(&self.host_labels)
+            .map(|(_, label)| {
+                if self.summaries.len() == 1 {
+                    "summary.csv".to_owned()
+                } else {
+                    format!("summary-{}.csv", file_name_part(label))
+                }
+            })
+            .collect()
     }
 }
 

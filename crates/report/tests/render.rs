@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -266,6 +267,32 @@ fn report_writes_files() {
             chart.id
         );
     }
+}
+
+#[test]
+fn rerender_removes_stale_charts() {
+    let directory = tempfile::tempdir().unwrap();
+    let merged = [common::results("lab-a", 4), common::results("lab-b", 4)];
+    let first = Report::build(&merged, "2026-12-04").unwrap();
+    first.write(directory.path()).unwrap();
+    let user_file = directory.path().join("notes.txt");
+    fs::write(&user_file, "kept").unwrap();
+
+    let second = Report::build(&[common::results("lab-a", 4)], "2026-12-05").unwrap();
+    second.write(directory.path()).unwrap();
+    let mut expected: Vec<String> = second
+        .charts
+        .iter()
+        .map(|chart| format!("{}.svg", chart.id))
+        .collect();
+    expected.extend(["index.html", "summary.csv", "notes.txt"].map(String::from));
+    expected.sort();
+    let mut found: Vec<String> = fs::read_dir(directory.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    assert_eq!(found, expected);
 }
 
 #[test]

@@ -60,6 +60,17 @@ pub enum VmmError {
         /// The ioctl's error.
         source: kvm_ioctls::Error,
     },
+    /// The serial console's destination cannot be opened.
+    #[error(
+        "cannot open the console destination {destination} ({error}): pass --console none, \
+         stdout, stderr, fd:N or file:PATH with a writable PATH"
+    )]
+    Console {
+        /// The destination, as given.
+        destination: String,
+        /// Why.
+        error: std::io::Error,
+    },
     /// The vCPU count exceeds what KVM supports here.
     #[error("vCPU count {count} is out of range: this host's KVM supports at most {max}")]
     TooManyVcpus {
@@ -307,8 +318,10 @@ impl Machine {
         self.vm
             .register_irqfd(&irq, SERIAL_IRQ)
             .map_err(kvm_error("register the serial irqfd"))?;
-        let (writer, drain) =
-            open_console(&config.console).map_err(io_error("open the console"))?;
+        let (writer, drain) = open_console(&config.console).map_err(|error| VmmError::Console {
+            destination: config.console.to_string(),
+            error,
+        })?;
         self.serial = Arc::new(Mutex::new(SerialDevice::new(irq, writer)));
         self.console_drain = drain;
         self.pio

@@ -54,7 +54,11 @@ const USERNAME: &str = "isobench";
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The kernel did not accept TCP connections on a port before the deadline.
-    #[error("kernel at {address} did not accept connections within {waited:?}: check that it started and binds that address")]
+    #[error(
+        "kernel at {address} did not accept connections before the ready deadline (probed for \
+         {:.2} s): check that it started and binds that address, or raise --ready-deadline",
+        .waited.as_secs_f64()
+    )]
     NotListening {
         /// `ip:port` probed.
         address: String,
@@ -675,8 +679,14 @@ impl KernelClient {
         self.control.interrupt().await
     }
 
-    /// Sends `shutdown_request` on the control channel; see [`ControlHandle::shutdown`].
+    /// Sends `shutdown_request` on the control channel; see [`ControlHandle::shutdown`]. A
+    /// kernel that has already closed its connection is not asked, because no reply would come.
     pub async fn shutdown(self) -> Result<(), ClientError> {
+        if *self.disconnected.borrow() {
+            return Err(ClientError::Disconnected {
+                during: "shutting down",
+            });
+        }
         self.control.shutdown().await
     }
 }

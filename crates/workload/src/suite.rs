@@ -18,6 +18,10 @@ pub const MEMINFO_CELL: &str = "proc_meminfo";
 
 const DEFAULT_TIMEOUT_S: f64 = 60.0;
 
+/// Maximum cell timeout in seconds, the same bound as the command line's durations. Larger
+/// values overflow when added to the current time.
+const MAX_TIMEOUT_S: f64 = 1e9;
+
 /// Failure to load or validate a suite.
 #[derive(Debug, thiserror::Error)]
 pub enum SuiteError {
@@ -161,9 +165,10 @@ impl Cell {
         if self.repetitions == 0 {
             return Err(invalid("repetitions is 0: use 1 or more".into()));
         }
-        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0 && self.timeout_s <= MAX_TIMEOUT_S)
+        {
             return Err(invalid(format!(
-                "timeout_s is {}: use a positive number of seconds",
+                "timeout_s is {}: use a positive number of seconds, at most {MAX_TIMEOUT_S}",
                 self.timeout_s
             )));
         }
@@ -389,6 +394,21 @@ mod tests {
             metric = "observation"
         "#;
         assert!(Suite::from_toml(text, "test").is_err());
+    }
+
+    #[test]
+    fn suite_timeout_bounds() {
+        let suite_with = |timeout: &str| {
+            format!(
+                "name = \"s\"\n[[cell]]\nname = \"a\"\ncode = \"1\"\n\
+                 expect = {{ equals = \"1\" }}\nmetric = \"observation\"\ntimeout_s = {timeout}\n"
+            )
+        };
+        assert!(Suite::from_toml(&suite_with("1e9"), "test").is_ok());
+        let error = Suite::from_toml(&suite_with("1.000001e9"), "test").unwrap_err();
+        assert!(error.to_string().contains("at most 1000000000"), "{error}");
+        assert!(Suite::from_toml(&suite_with("1e300"), "test").is_err());
+        assert!(Suite::from_toml(&suite_with("0"), "test").is_err());
     }
 
     #[test]
