@@ -17,7 +17,9 @@ pub struct ReportArgs {
     /// per host.
     #[arg(value_name = "RESULTS.json", required = true)]
     results: Vec<PathBuf>,
-    /// Folder for `index.html`, the SVG charts and the summary CSV.
+    /// Folder for `index.html`, the SVG charts and the summary CSV. A report already there is
+    /// replaced: its charts and summaries that the new one does not have are removed, and other
+    /// files stay.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 }

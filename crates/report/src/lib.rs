@@ -117,7 +117,8 @@ impl Report {
 
     /// Writes `index.html`, `<chart id>.svg` for every chart and the summary CSV (`summary.csv`
     /// for one run, `summary-<host>.csv` for several) into `dir`, each under a temporary name
-    /// renamed when complete. Returns the path of `index.html`.
+    /// renamed when complete. Charts and summaries that an earlier report listed in `dir` and
+    /// this one does not write are removed. Returns the path of `index.html`.
     pub fn write(&self, dir: &Path) -> Result<PathBuf, ReportError> {
         fs::create_dir_all(dir).map_err(|source| ReportError::CreateDir {
             path: dir.to_owned(),
@@ -130,33 +131,24 @@ impl Report {
             write_file_atomic(&dir.join(name), summary.to_csv().as_bytes())?;
         }
         let index = dir.join("index.html");
-        let rerender = index.is_file();
         write_file_atomic(&index, self.html.as_bytes())?;
-        if rerender {
-            self.remove_stale_files(dir);
-        }
+        let written = self.file_names();
+        remove_stale_files(dir, &written);
+        let mut list = written.join("\n");
+        list.push('\n');
+        write_file_atomic(&dir.join(FILE_LIST), list.as_bytes())?;
         Ok(index)
     }
 
-    /// Removes the charts and summaries that an earlier report in `dir` wrote and this one
-    /// does not, so the folder matches its `index.html`. Files that cannot be removed stay.
-    fn remove_stale_files(&self, dir: &Path) {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let stale = if let Some(id) = name.strip_suffix(".svg") {
-                !self.charts.iter().any(|chart| chart.id == id)
-            } else {
-                name.starts_with("summary")
-                    && name.ends_with(".csv")
-                    && !self.summary_names().contains(&name)
-            };
-            if stale {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+    /// Returns the names of the charts and summaries that [`Report::write`] writes.
+    fn file_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .charts
+            .iter()
+            .map(|chart| format!("{}.svg", chart.id))
+            .collect();
+        names.extend(self.summary_names());
+        names
     }
 
     /// Returns the file names of the summary CSVs, one per summary: `summary.csv` for one run,
@@ -177,6 +169,26 @@ impl Report {
 }
 
 /// Labels hosts by host name, adding the start date where two runs share a host name.
+/// Name of the file in a report folder that lists the charts and summaries written there, so
+/// that the next report written to the folder removes only those it does not write again.
+const FILE_LIST: &str = ".isobench-report-files";
+
+/// Removes the files that the list in `dir` names and `written` does not, so the folder
+/// matches its `index.html`. Without a list, nothing is removed: the files may be the user's.
+/// Files that cannot be removed stay.
+fn remove_stale_files(dir: &Path, written: &[String]) {
+    let Ok(list) = fs::read_to_string(dir.join(FILE_LIST)) else {
+        return;
+    };
+    for name in list.lines() {
+        // Only plain names in the folder itself, as `Report::write` records them.
+        let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+        if plain && !written.iter().any(|kept| kept == name) {
+            let _ = fs::remove_file(dir.join(name));
+        }
+    }
+}
+
 fn host_labels(inputs: &[Results]) -> Vec<String> {
     inputs
         .iter()

@@ -275,8 +275,9 @@ fn rerender_removes_stale_charts() {
     let merged = [common::results("lab-a", 4), common::results("lab-b", 4)];
     let first = Report::build(&merged, "2026-12-04").unwrap();
     first.write(directory.path()).unwrap();
-    let user_file = directory.path().join("notes.txt");
-    fs::write(&user_file, "kept").unwrap();
+    for own in ["notes.txt", "logo.svg", "summary-by-hand.csv"] {
+        fs::write(directory.path().join(own), "kept").unwrap();
+    }
 
     let second = Report::build(&[common::results("lab-a", 4)], "2026-12-05").unwrap();
     second.write(directory.path()).unwrap();
@@ -285,7 +286,17 @@ fn rerender_removes_stale_charts() {
         .iter()
         .map(|chart| format!("{}.svg", chart.id))
         .collect();
-    expected.extend(["index.html", "summary.csv", "notes.txt"].map(String::from));
+    expected.extend(
+        [
+            "index.html",
+            "summary.csv",
+            ".isobench-report-files",
+            "notes.txt",
+            "logo.svg",
+            "summary-by-hand.csv",
+        ]
+        .map(String::from),
+    );
     expected.sort();
     let mut found: Vec<String> = fs::read_dir(directory.path())
         .unwrap()
@@ -293,6 +304,18 @@ fn rerender_removes_stale_charts() {
         .collect();
     found.sort();
     assert_eq!(found, expected);
+}
+
+#[test]
+fn rerender_keeps_unlisted_files() {
+    let directory = tempfile::tempdir().unwrap();
+    for own in ["index.html", "logo.svg", "summary-2025.csv"] {
+        fs::write(directory.path().join(own), "the user's").unwrap();
+    }
+    let report = Report::build(&[common::results("lab-a", 4)], "2026-12-05").unwrap();
+    report.write(directory.path()).unwrap();
+    assert!(directory.path().join("logo.svg").is_file());
+    assert!(directory.path().join("summary-2025.csv").is_file());
 }
 
 #[test]

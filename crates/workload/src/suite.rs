@@ -168,7 +168,7 @@ impl Cell {
         if !(self.timeout_s.is_finite() && self.timeout_s > 0.0 && self.timeout_s <= MAX_TIMEOUT_S)
         {
             return Err(invalid(format!(
-                "timeout_s is {}: use a positive number of seconds, at most {MAX_TIMEOUT_S}",
+                "timeout_s is {:?}: use a positive number of seconds, at most {MAX_TIMEOUT_S}",
                 self.timeout_s
             )));
         }
