@@ -117,16 +117,10 @@ impl LimitArgs {
         if trials == 0 {
             anyhow::bail!("invalid --trials 0: run at least 1 measured trial per backend");
         }
-        let Some(trials) = u32::try_from(trials)
-            .ok()
-            .filter(|&count| count <= MAX_TRIALS)
-        else {
+        let Some(trials) = trial_count(trials) else {
             anyhow::bail!("invalid --trials {trials}: use 1 to {MAX_TRIALS}");
         };
-        let Some(warmup) = u32::try_from(warmup)
-            .ok()
-            .filter(|&count| count <= MAX_TRIALS)
-        else {
+        let Some(warmup) = trial_count(warmup) else {
             anyhow::bail!("invalid --warmup {warmup}: use 0 to {MAX_TRIALS}");
         };
         // The same limit and message as `isobench-vmm` and `isobench vm boot`.
@@ -153,6 +147,13 @@ impl LimitArgs {
             suite,
         })
     }
+}
+
+/// Returns `count` as a trial count, or `None` above [`MAX_TRIALS`].
+fn trial_count(count: u64) -> Option<u32> {
+    u32::try_from(count)
+        .ok()
+        .filter(|&count| count <= MAX_TRIALS)
 }
 
 /// Checks `--vcpus` against the CPUs of this host when the `docker` backend runs, because the

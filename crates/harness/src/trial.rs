@@ -150,6 +150,18 @@ pub async fn run_trial(
     steps.shutdown(observer, &name, outcome).await
 }
 
+/// Appends the Jupyter kernel's exit status to a step's failure `cause` when the backend saw
+/// the kernel exit.
+fn with_exit_status(mut cause: String, exit: Option<&ExitInfo>) -> String {
+    if let Some(exit) = exit {
+        cause.push_str(&format!(
+            " (the Jupyter kernel exited with {})",
+            exit.status
+        ));
+    }
+    cause
+}
+
 /// Launches, bounded by the trial deadline. A launch still running at the deadline is awaited
 /// a little longer so that what it created can be stopped.
 async fn launch(
@@ -231,7 +243,7 @@ impl Steps<'_> {
                 let exit = self.exit_if_already_dead().await;
                 // The client's own wait counts from when it started to connect, which can be
                 // much shorter than the deadline counted from launch: name the deadline too.
-                let mut cause = error.to_string();
+                let mut cause = with_exit_status(error.to_string(), exit.as_ref());
                 if Instant::now() >= ready_deadline {
                     cause.push_str(&format!(
                         " (the ready deadline of {:?} after launch has passed)",
@@ -270,13 +282,7 @@ impl Steps<'_> {
             }
             Ok(Err(error)) => {
                 let exit = self.exit_if_already_dead().await;
-                let mut cause = error.to_string();
-                if let Some(exit) = &exit {
-                    cause.push_str(&format!(
-                        " (the Jupyter kernel exited with {})",
-                        exit.status
-                    ));
-                }
+                let cause = with_exit_status(error.to_string(), exit.as_ref());
                 return failed(TrialStage::Suite, cause, exit);
             }
             Err(interruption) => return self.interrupted(TrialStage::Suite, interruption),

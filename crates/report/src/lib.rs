@@ -168,7 +168,6 @@ impl Report {
     }
 }
 
-/// Labels hosts by host name, adding the start date where two runs share a host name.
 /// Name of the file in a report folder that lists the charts and summaries written there, so
 /// that the next report written to the folder removes only those it does not write again.
 const FILE_LIST: &str = ".isobench-report-files";
@@ -189,6 +188,7 @@ fn remove_stale_files(dir: &Path, written: &[String]) {
     }
 }
 
+/// Labels hosts by host name, adding the start date where two runs share a host name.
 fn host_labels(inputs: &[Results]) -> Vec<String> {
     inputs
         .iter()

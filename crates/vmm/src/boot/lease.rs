@@ -6,8 +6,9 @@
 //! to such a page raises SIGBUS and a guest access makes `KVM_RUN` fail. With a read lease
 //! (`fcntl(F_SETLEASE, F_RDLCK)`, see fcntl(2)), the kernel signals this process before another
 //! process opens the file for writing or truncates it. It holds that process back until the
-//! lease is released or `/proc/sys/fs/lease-break-time` seconds (45 by default) have passed. On that signal the VM is stopped, and the lease stays until the VMM exits and unmaps
-//! the file. Replacing the file by a rename, as the guest image cache does, leaves the mapped
+//! lease is released or `/proc/sys/fs/lease-break-time` seconds (45 by default) have passed.
+//! On that signal the VM is stopped, and the lease stays until the VMM exits and unmaps the
+//! file. Replacing the file by a rename, as the guest image cache does, leaves the mapped
 //! file alone and does not stop the VM.
 //!
 //! The lease signal is sent to one thread only (`F_SETOWN_EX` with `F_OWNER_TID`), a watcher

@@ -19,9 +19,10 @@
 //!    stderr on two virtio-serial ports and reports on a third one, the status port. The outer
 //!    machine's console (kernel log and init messages) goes to a fourth file.
 //! 4. While the command runs, the init script sends a heartbeat record every 5 s, each after a
-//!    task has run on every outer processor in turn. When no record arrives for 60 s, the host side records the processors and interrupt controllers through
-//!    QEMU's human monitor, sends an NMI, and kills QEMU with [`EmulatedError::Frozen`] unless
-//!    a record arrives within 20 s more.
+//!    task has run on every outer processor in turn. When no record arrives for 60 s, the host
+//!    side records the processors and interrupt controllers through QEMU's human monitor,
+//!    sends an NMI, and kills QEMU with [`EmulatedError::Frozen`] unless a record arrives
+//!    within 20 s more.
 //!
 //! Two environment variables change the outer machine for experiments: `ISOBENCH_EMULATED_CPU`
 //! replaces QEMU's `-cpu max`, and the words of `ISOBENCH_EMULATED_APPEND` are appended to the

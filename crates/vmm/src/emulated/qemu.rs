@@ -39,7 +39,8 @@ const QEMU: &str = "qemu-system-x86_64";
 /// - `hung_task_panic=1` makes a task that stays blocked for 120 s (the default
 ///   `hung_task_timeout_secs`) panic the kernel. With QEMU 10.0, one emulated compare run
 ///   stalled with one outer processor taking no interrupts and the tasks bound to it blocked.
-///   The heartbeat now runs a task on every processor, so such a stall silences it too.
+///   The heartbeat's task on every processor catches such a stall too, and this stays as a
+///   second guard.
 const OUTER_CMDLINE: &str =
     "console=ttyS0 panic=-1 softlockup_panic=1 hung_task_panic=1 kvm_amd.vgif=0 quiet";
 /// Console lines of the outer kernel that report a fault of its own.
