@@ -108,18 +108,20 @@ fn emulated_trial_marked_and_unranked() {
     // QEMU's TCG sometimes stalls an outer processor or faults the guest. After such a run, the
     // test starts a fresh emulated host, up to three runs in all, as the boot tests do.
     let mut attempt = 1;
+    // A failed trial makes compare exit with failure, so the results are read first.
     let (out, stderr, results) = loop {
         let out = directory.path().join(format!("report-{attempt}"));
         let output = start_compare(&out, &tmp, "1").wait_with_output().unwrap();
         let stderr = stderr_of(&output);
-        assert!(output.status.success(), "compare failed: {stderr}");
-        let results = Results::read(&out.join("results.json")).expect("results.json");
+        let results = Results::read(&out.join("results.json"))
+            .unwrap_or_else(|error| panic!("{error}; compare printed: {stderr}"));
         let emulation_failed = results.trials.iter().any(|trial| {
             matches!(&trial.outcome, TrialOutcome::Failed { cause, .. }
                 if cause.starts_with("emulated host run failed")
                     || cause.contains("guest triple fault"))
         });
         if !emulation_failed || attempt == 3 {
+            assert!(output.status.success(), "compare failed: {stderr}");
             break (out, stderr, results);
         }
         eprintln!("emulation failed in run {attempt}, starting a fresh one: {stderr}");
